@@ -1,0 +1,47 @@
+# cometd-bridge developer commands. `make test` is what CI runs (.ci/run).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+NODE_STAMP := tests/servers/node_modules/.installed
+
+.PHONY: test lint typecheck pytest demo bench venv node-deps rabbitmq lint-deploy clean
+
+## venv: create/refresh .venv with the project and its dev extra (re-runs when pyproject changes)
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+venv: $(STAMP)
+
+## node-deps: the real CometD servers used by the interop tests (cometd-nodejs-server, faye)
+$(NODE_STAMP): tests/servers/package.json tests/servers/package-lock.json
+	cd tests/servers && npm ci --no-audit --no-fund --loglevel=error
+	touch $(NODE_STAMP)
+node-deps: $(NODE_STAMP)
+
+## rabbitmq: make sure a broker answers on 127.0.0.1:5672 (starts a local one if installed)
+rabbitmq:
+	bash scripts/ensure-rabbitmq.sh
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: venv
+	$(BIN)/mypy --strict bridge
+
+pytest: venv node-deps rabbitmq
+	$(BIN)/pytest
+
+## test: everything CI checks
+test: venv node-deps rabbitmq lint typecheck pytest
+
+## demo: an embedded demo CometD source streaming into the local RabbitMQ
+demo: venv rabbitmq
+	$(BIN)/cometd-bridge demo
+
+clean:
+	rm -rf $(VENV) tests/servers/node_modules .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,6 @@
+"""``python -m bridge`` is ``cometd-bridge``."""
+
+from bridge.cli import main
+
+
+raise SystemExit(main())
