@@ -1,0 +1,100 @@
+"""PositionStore: atomic JSON files, tolerant of absence, loud on corruption."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bridge.positions import (
+    CorruptPositionFile,
+    PositionStore,
+    PositionStoreError,
+    StoredPosition,
+)
+
+
+def test_missing_file_is_empty(tmp_path: Path) -> None:
+    store = PositionStore(tmp_path / "not-yet")
+    assert store.load("sf") == {}
+    assert store.endpoints() == []
+
+
+def test_round_trip_and_format(tmp_path: Path) -> None:
+    store = PositionStore(tmp_path / "state")
+    positions = {
+        "/event/Order__e": StoredPosition(42, 1700000000.5, "2024-01-01T00:00:00.000Z"),
+        "/topic/Acc": StoredPosition(7, 1700000001.0),
+    }
+    store.save("sf", positions)
+    assert store.load("sf") == positions
+    doc = json.loads(store.path("sf").read_text())
+    assert doc["/event/Order__e"] == {
+        "replay_id": 42,
+        "updated_at": 1700000000.5,
+        "event_time": "2024-01-01T00:00:00.000Z",
+    }
+    assert store.endpoints() == ["sf"]
+    # No temporary file is left next to it.
+    assert sorted(p.name for p in (tmp_path / "state").iterdir()) == ["sf.positions.json"]
+
+
+def test_save_replaces_atomically(tmp_path: Path) -> None:
+    store = PositionStore(tmp_path)
+    store.save("sf", {"/a": StoredPosition(1, 1.0)})
+    inode_before = store.path("sf").stat().st_ino
+    store.save("sf", {"/a": StoredPosition(2, 2.0)})
+    # A new file was renamed over the old one (never rewritten in place).
+    assert store.path("sf").stat().st_ino != inode_before
+    assert store.load("sf") == {"/a": StoredPosition(2, 2.0)}
+
+
+def test_update_keeps_other_channels_and_removes(tmp_path: Path) -> None:
+    store = PositionStore(tmp_path)
+    store.save("sf", {"/a": StoredPosition(1, 1.0), "/b": StoredPosition(2, 2.0)})
+    store.update("sf", "/a", StoredPosition(10, 3.0))
+    assert store.load("sf") == {"/a": StoredPosition(10, 3.0), "/b": StoredPosition(2, 2.0)}
+    store.update("sf", "/b", None)
+    assert store.load("sf") == {"/a": StoredPosition(10, 3.0)}
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"{not json",
+        b"",
+        b"[]",
+        b'{"/a": 5}',
+        b'{"/a": {"replay_id": "5", "updated_at": 1}}',
+        b'{"/a": {"replay_id": true, "updated_at": 1}}',
+        b'{"/a": {"replay_id": 5}}',
+        b'{"/a": {"replay_id": 5, "updated_at": 1, "event_time": 3}}',
+        b"\xff\xfe",
+    ],
+)
+def test_corrupt_file_is_moved_aside_and_raises(tmp_path: Path, content: bytes) -> None:
+    store = PositionStore(tmp_path)
+    store.path("sf").write_bytes(content)
+    with pytest.raises(CorruptPositionFile) as info:
+        store.load("sf")
+    err = info.value
+    assert err.path == store.path("sf")
+    assert not err.path.exists()
+    assert err.aside.read_bytes() == content
+    assert str(err.aside) in str(err)
+    # The next load sees no file: the operator decides, the error was loud once.
+    assert store.load("sf") == {}
+
+
+@pytest.mark.parametrize("name", ["", "Upper", "../x", "a/b", "1abc"])
+def test_endpoint_name_must_be_safe(tmp_path: Path, name: str) -> None:
+    with pytest.raises(ValueError, match="invalid endpoint name"):
+        PositionStore(tmp_path).path(name)
+
+
+def test_unwritable_state_dir_raises_store_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(PositionStoreError, match="cannot write"):
+        PositionStore(blocker / "state").save("sf", {"/a": StoredPosition(1, 1.0)})
