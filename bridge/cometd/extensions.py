@@ -1,0 +1,43 @@
+"""Extension hooks: inspect or alter every payload (a list of messages) and its HTTP headers.
+
+Order (as in aiocometd): outgoing payloads pass through ``extensions`` then ``auth``;
+incoming payloads through ``auth`` then ``extensions``. Incoming headers are None on
+WebSocket. On WebSocket, headers set by ``outgoing`` are applied when the socket is opened
+(each upgrade, so refreshed credentials reach a new socket).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, MutableMapping
+from typing import Any
+
+
+__all__ = ["Payload", "Headers", "Extension", "AuthExtension"]
+
+#: A list of Bayeux messages, as sent or received in one request/response/frame.
+Payload = list[dict[str, Any]]
+Headers = MutableMapping[str, str]
+
+
+class Extension(ABC):
+    """Base class for extensions; override both methods (they may do nothing)."""
+
+    @abstractmethod
+    async def outgoing(self, payload: Payload, headers: Headers) -> None:
+        """Process an outgoing payload and the request's headers, in place, before sending."""
+
+    @abstractmethod
+    async def incoming(self, payload: Payload, headers: Mapping[str, str] | None = None) -> None:
+        """Process a received payload, in place, before the client looks at it."""
+
+
+class AuthExtension(Extension):
+    """An extension that can renew its credentials."""
+
+    @abstractmethod
+    async def authenticate(self) -> None:
+        """Obtain fresh credentials; called after the server rejected the current ones.
+
+        The client follows it with a fresh handshake (not a resend of the failed request).
+        """

@@ -1,0 +1,542 @@
+"""Sans-I/O Bayeux core: message builders, advice, reply classification, decisions, backoff.
+
+No sockets, no clock, no asyncio: time and randomness come in as arguments, so every rule
+here is unit-tested on plain dicts.
+
+Rule 1: advice is merged field by field; a reply that carries only ``reconnect`` keeps the
+        last known ``timeout``/``interval``/``maxInterval`` (aiocometd D3). Times are ms on the
+        wire and seconds everywhere else; the conversion happens in :meth:`Advice.merge` only.
+Rule 2: what to do after a reply is decided by :func:`decide_connect`, :func:`decide_handshake`
+        and :func:`decide_transport_error`; the server's ``reconnect`` advice is honoured on
+        successful *and* failed replies (aiocometd D5), failures back off with jitter (D4).
+Rule 3: an unknown session is a re-handshake, never an authentication failure (D7);
+        ``authenticate()`` is asked for only on real auth failures, followed by a fresh handshake.
+Rule 4: ids come from one counter per client that never restarts (D13).
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from typing import Any
+
+from .exceptions import _split_error
+
+
+__all__ = [
+    "Message",
+    "ConnectionType",
+    "Reconnect",
+    "Action",
+    "FailureKind",
+    "Advice",
+    "BayeuxError",
+    "Backoff",
+    "Decision",
+    "MessageFactory",
+    "parse_error",
+    "classify_failure",
+    "is_event",
+    "validate_channel",
+    "validate_payload",
+    "split_replies",
+    "decide_connect",
+    "decide_handshake",
+    "decide_transport_error",
+]
+
+#: One Bayeux message as decoded from JSON.
+Message = dict[str, Any]
+
+META_HANDSHAKE = "/meta/handshake"
+META_CONNECT = "/meta/connect"
+META_DISCONNECT = "/meta/disconnect"
+META_SUBSCRIBE = "/meta/subscribe"
+META_UNSUBSCRIBE = "/meta/unsubscribe"
+BAYEUX_VERSION = "1.0"
+
+
+class ConnectionType(StrEnum):
+    """Transports the client speaks (values as in ``supportedConnectionTypes``)."""
+
+    WEBSOCKET = "websocket"
+    LONG_POLLING = "long-polling"
+
+
+class Reconnect(StrEnum):
+    """Values of ``advice.reconnect``."""
+
+    RETRY = "retry"
+    HANDSHAKE = "handshake"
+    NONE = "none"
+
+
+class Action(StrEnum):
+    """What the client does next."""
+
+    CONNECT = "connect"
+    HANDSHAKE = "handshake"
+    CLOSE = "close"
+
+
+class FailureKind(StrEnum):
+    """Why the server said ``successful: false``."""
+
+    UNKNOWN_SESSION = "unknown_session"
+    AUTH = "auth"
+    QUOTA = "quota"
+    DENIED = "denied"
+    OTHER = "other"
+
+
+# ---------------------------------------------------------------------------------------------
+# Advice (Rule 1)
+
+
+_MS = 1000.0
+
+
+def _ms_to_s(value: object) -> float | None:
+    # bool is an int subclass; a JSON true is not a duration.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if value != value or value < 0:  # NaN or negative: ignore the field
+        return None
+    return float(value) / _MS
+
+
+@dataclass(frozen=True, slots=True)
+class Advice:
+    """The server's advice, in seconds. Defaults apply until the server says otherwise."""
+
+    reconnect: Reconnect = Reconnect.RETRY
+    interval: float = 0.0
+    timeout: float = 60.0
+    max_interval: float = 10.0
+    multiple_clients: bool = False
+
+    def merge(self, raw: object, connection_type: str | None = None) -> Advice:
+        """Return this advice updated by a message's ``advice`` object, field by field.
+
+        A sub-object named after ``connection_type`` (e.g. ``"long-polling": {...}``) applies
+        on top, to that transport only. Unknown or ill-typed fields are ignored.
+        """
+        if not isinstance(raw, dict):
+            return self
+        merged = self._merge_fields(raw)
+        if connection_type is not None:
+            merged = merged._merge_fields(raw.get(connection_type))
+        return merged
+
+    def _merge_fields(self, raw: object) -> Advice:
+        if not isinstance(raw, dict):
+            return self
+        changes: dict[str, Any] = {}
+        reconnect = raw.get("reconnect")
+        if isinstance(reconnect, str) and reconnect in _RECONNECT_VALUES:
+            changes["reconnect"] = Reconnect(reconnect)
+        for wire, field in (("interval", "interval"), ("timeout", "timeout")):
+            seconds = _ms_to_s(raw.get(wire))
+            if seconds is not None:
+                changes[field] = seconds
+        seconds = _ms_to_s(raw.get("maxInterval"))
+        if seconds is not None:
+            changes["max_interval"] = seconds
+        multiple = raw.get("multiple-clients")
+        if isinstance(multiple, bool):
+            changes["multiple_clients"] = multiple
+        return replace(self, **changes) if changes else self
+
+    @property
+    def session_expiry(self) -> float:
+        """Seconds without a successful connect after which the server surely dropped us."""
+        return self.timeout + self.interval + self.max_interval
+
+
+_RECONNECT_VALUES = frozenset(r.value for r in Reconnect)
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors and reply classification (Rule 3)
+
+
+@dataclass(frozen=True, slots=True)
+class BayeuxError:
+    """An ``error`` field parsed by the grammar ``code ":" args ":" message``."""
+
+    code: int | None
+    args: tuple[str, ...]
+    message: str
+
+
+def parse_error(error: object) -> BayeuxError | None:
+    """Parse a Bayeux ``error`` value; None when absent or not a string."""
+    if not isinstance(error, str):
+        return None
+    code, args, message = _split_error(error)
+    return BayeuxError(code, tuple(args), message if message is not None else error)
+
+
+_UNKNOWN_SESSION_TEXTS = ("session unknown", "unknown session", "unknown client")
+_UNAUTHORIZED = 401
+_UNKNOWN = 402
+_FORBIDDEN = 403
+
+
+def _normal(text: str) -> str:
+    return text.replace("_", " ").strip().lower()
+
+
+def _failure_reason(reply: Message) -> BayeuxError | None:
+    """Salesforce puts the real cause of a denied handshake in ``ext.sfdc.failureReason``."""
+    ext = reply.get("ext")
+    sfdc = ext.get("sfdc") if isinstance(ext, dict) else None
+    return parse_error(sfdc.get("failureReason")) if isinstance(sfdc, dict) else None
+
+
+def classify_failure(reply: Message) -> FailureKind:
+    """Classify an unsuccessful reply (for the decision table, logs and metrics)."""
+    error = parse_error(reply.get("error"))
+    reason = _failure_reason(reply)
+    for parsed in (reason, error):
+        if parsed is None:
+            continue
+        text = _normal(parsed.message)
+        if parsed.code in (_UNAUTHORIZED, _UNKNOWN, _FORBIDDEN) and text.startswith(
+            _UNKNOWN_SESSION_TEXTS
+        ):
+            return FailureKind.UNKNOWN_SESSION
+    for parsed in (reason, error):
+        if parsed is None:
+            continue
+        text = _normal(parsed.message)
+        if parsed.code == _UNAUTHORIZED:
+            return FailureKind.AUTH
+        if "limit exceeded" in text:
+            return FailureKind.QUOTA
+    if (reason is not None and reason.code == _FORBIDDEN) or (
+        error is not None and error.code == _FORBIDDEN
+    ):
+        return FailureKind.DENIED
+    return FailureKind.OTHER
+
+
+def is_event(message: Message) -> bool:
+    """True for a data message to deliver to the application, False for a reply.
+
+    Classify by ``successful`` first, then ``data`` (a publish reply may carry ``data``,
+    cometd#607); ``/meta/*`` messages are never events.
+    """
+    channel = message.get("channel")
+    if not isinstance(channel, str) or channel.startswith("/meta/"):
+        return False
+    return "successful" not in message and "data" in message
+
+
+# ---------------------------------------------------------------------------------------------
+# Channels and payload shape
+
+_SEGMENT = r"[^/*\s]+"
+_CHANNEL_RE = re.compile(rf"^(/{_SEGMENT})+(/\*\*?)?$|^/\*\*?$")
+
+
+def validate_channel(channel: object, *, subscribe: bool = False) -> str:
+    """Return ``channel`` if it is a valid Bayeux channel name, else raise ValueError.
+
+    Wildcards only as the whole last segment (``*`` or ``**``); ``/meta/**`` cannot be
+    subscribed to or published on by the application.
+    """
+    if not isinstance(channel, str) or not _CHANNEL_RE.match(channel):
+        raise ValueError(f"invalid channel name: {channel!r}")
+    if channel == "/meta" or channel.startswith("/meta/"):
+        raise ValueError(f"meta channels are reserved for the protocol: {channel!r}")
+    if not subscribe and channel.endswith("*"):
+        raise ValueError(f"cannot publish to a wildcard channel: {channel!r}")
+    return channel
+
+
+def validate_payload(obj: object) -> tuple[list[Message], list[tuple[str, str]]]:
+    """Split decoded JSON into Bayeux messages and skipped items ``(reason, detail)``.
+
+    A list of objects with a string ``channel`` is Bayeux; a single such object is accepted
+    as a list of one. Anything else in the list is skipped (reason ``not_bayeux``). A body
+    that is not a list or object at all returns no messages and one skipped entry.
+    """
+    if isinstance(obj, dict):
+        obj = [obj]
+    if not isinstance(obj, list):
+        return [], [("not_bayeux", f"body is a {type(obj).__name__}, not a list")]
+    messages: list[Message] = []
+    skipped: list[tuple[str, str]] = []
+    for item in obj:
+        if isinstance(item, dict) and isinstance(item.get("channel"), str):
+            messages.append(item)
+        else:
+            skipped.append(("not_bayeux", _describe(item)))
+    return messages, skipped
+
+
+def _describe(item: object) -> str:
+    text = repr(item)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def split_replies(
+    sent: Sequence[Message], received: Iterable[Message]
+) -> tuple[dict[str, Message], list[Message]]:
+    """Match received replies to sent messages; return ``(replies by sent id, the rest)``.
+
+    A reply matches by ``id``; a reply without ``id`` (D9, aiocometd#4) takes the first sent
+    message of the same channel still unanswered. Events and replies that match nothing
+    (stale or unsolicited) are returned in arrival order in the rest.
+    """
+    unanswered: dict[str, Message] = {}
+    for message in sent:
+        mid = message.get("id")
+        if isinstance(mid, str):
+            unanswered[mid] = message
+    replies: dict[str, Message] = {}
+    rest: list[Message] = []
+    for message in received:
+        if is_event(message):
+            rest.append(message)
+            continue
+        mid = message.get("id")
+        if isinstance(mid, str | int) and str(mid) in unanswered:
+            replies[str(mid)] = message
+            del unanswered[str(mid)]
+            continue
+        if mid is None:
+            channel = message.get("channel")
+            match = next((k for k, m in unanswered.items() if m.get("channel") == channel), None)
+            # An unsolicited /meta/disconnect (server-side close) has no id and must stay
+            # visible unless we actually sent a disconnect.
+            if match is not None:
+                replies[match] = message
+                del unanswered[match]
+                continue
+        rest.append(message)
+    return replies, rest
+
+
+# ---------------------------------------------------------------------------------------------
+# Message builders (Rule 4)
+
+
+class MessageFactory:
+    """Builds outgoing messages with ids from one counter that never restarts."""
+
+    def __init__(self) -> None:
+        self._ids = itertools.count(1)
+        self.client_id: str | None = None
+
+    def next_id(self) -> str:
+        return str(next(self._ids))
+
+    def handshake(
+        self, connection_types: Sequence[str], advice_timeout: float, advice_interval: float = 0.0
+    ) -> Message:
+        return {
+            "channel": META_HANDSHAKE,
+            "version": BAYEUX_VERSION,
+            "minimumVersion": BAYEUX_VERSION,
+            "supportedConnectionTypes": list(connection_types),
+            "advice": {
+                "timeout": int(advice_timeout * _MS),
+                "interval": int(advice_interval * _MS),
+            },
+            "id": self.next_id(),
+        }
+
+    def connect(self, connection_type: str, *, first: bool) -> Message:
+        message: Message = {
+            "channel": META_CONNECT,
+            "clientId": self.client_id,
+            "connectionType": connection_type,
+            "id": self.next_id(),
+        }
+        if first:
+            # The first connect after a (re)handshake or a failure must come back at once.
+            message["advice"] = {"timeout": 0}
+        return message
+
+    def subscribe(self, channel: str) -> Message:
+        return {
+            "channel": META_SUBSCRIBE,
+            "clientId": self.client_id,
+            "subscription": channel,
+            "id": self.next_id(),
+        }
+
+    def unsubscribe(self, channel: str) -> Message:
+        return {
+            "channel": META_UNSUBSCRIBE,
+            "clientId": self.client_id,
+            "subscription": channel,
+            "id": self.next_id(),
+        }
+
+    def publish(self, channel: str, data: object) -> Message:
+        return {"channel": channel, "data": data, "clientId": self.client_id, "id": self.next_id()}
+
+    def disconnect(self) -> Message:
+        return {"channel": META_DISCONNECT, "clientId": self.client_id, "id": self.next_id()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Backoff and decisions (Rule 2)
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Capped exponential backoff with jitter; ``quota`` is the long wait after limit errors."""
+
+    base: float = 0.1
+    cap: float = 30.0
+    quota: float = 60.0
+
+    def delay(self, attempt: int, rnd: Callable[[], float]) -> float:
+        """Delay before retry number ``attempt`` (0-based), in [half, full] of the step.
+
+        Half-jitter keeps a floor, so a failing server never sees a hot loop.
+        """
+        step = min(self.cap, self.base * float(2 ** min(attempt, 30)))
+        return step * (0.5 + rnd() / 2)
+
+    def quota_delay(self, attempt: int, rnd: Callable[[], float]) -> float:
+        step = min(max(self.cap, self.quota), self.quota * float(2 ** min(attempt, 4)))
+        return step * (0.5 + rnd() / 2)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The next step: ``action`` after ``delay`` seconds.
+
+    ``reason`` is a reconnect reason (the bounded list in CONTRACTS.md) or None for a normal
+    poll; ``authenticate`` asks for the auth extension's ``authenticate()`` before a fresh
+    handshake.
+    """
+
+    action: Action
+    delay: float = 0.0
+    reason: str | None = None
+    authenticate: bool = False
+
+
+POLL = Decision(Action.CONNECT)
+
+_FAILURE_REASON = {
+    FailureKind.UNKNOWN_SESSION: "unknown_session",
+    FailureKind.AUTH: "auth",
+    FailureKind.QUOTA: "quota",
+    FailureKind.DENIED: "server_advice",
+    FailureKind.OTHER: "server_advice",
+}
+
+
+def _escalate(
+    decision: Decision, advice: Advice, now: float, unconnected_since: float | None
+) -> Decision:
+    """Go straight to a handshake when the server has surely expired the session."""
+    if decision.action is not Action.CONNECT or unconnected_since is None:
+        return decision
+    if now - unconnected_since + decision.delay > advice.session_expiry:
+        return Decision(Action.HANDSHAKE, decision.delay, "max_interval")
+    return decision
+
+
+def decide_connect(
+    reply: Message,
+    advice: Advice,
+    *,
+    attempt: int,
+    rnd: Callable[[], float],
+    now: float,
+    unconnected_since: float | None,
+    has_auth: bool,
+    backoff: Backoff = Backoff(),
+) -> Decision:
+    """Decide after a ``/meta/connect`` reply; ``advice`` already includes the reply's advice."""
+    if reply.get("successful") is True:
+        if advice.reconnect is Reconnect.NONE:
+            return Decision(Action.CLOSE, 0.0, "server_disconnect")
+        if advice.reconnect is Reconnect.HANDSHAKE:
+            return Decision(Action.HANDSHAKE, advice.interval, "server_advice")
+        return Decision(Action.CONNECT, advice.interval) if advice.interval else POLL
+    kind = classify_failure(reply)
+    return _decide_failure(
+        kind, reply, advice, attempt, rnd, now, unconnected_since, has_auth, backoff
+    )
+
+
+def decide_handshake(
+    reply: Message,
+    advice: Advice,
+    *,
+    attempt: int,
+    rnd: Callable[[], float],
+    has_auth: bool,
+    backoff: Backoff = Backoff(),
+) -> Decision:
+    """Decide after an unsuccessful ``/meta/handshake`` reply (a successful one connects)."""
+    if reply.get("successful") is True:
+        return Decision(Action.CONNECT)
+    kind = classify_failure(reply)
+    if kind is FailureKind.AUTH and has_auth:
+        return Decision(Action.HANDSHAKE, backoff.delay(attempt, rnd), "auth", authenticate=True)
+    if kind is FailureKind.QUOTA:
+        return Decision(Action.HANDSHAKE, backoff.quota_delay(attempt, rnd), "quota")
+    if advice.reconnect is Reconnect.NONE:
+        return Decision(Action.CLOSE, 0.0, _FAILURE_REASON[kind])
+    delay = max(advice.interval, backoff.delay(attempt, rnd))
+    return Decision(Action.HANDSHAKE, delay, _FAILURE_REASON[kind])
+
+
+def _decide_failure(
+    kind: FailureKind,
+    reply: Message,
+    advice: Advice,
+    attempt: int,
+    rnd: Callable[[], float],
+    now: float,
+    unconnected_since: float | None,
+    has_auth: bool,
+    backoff: Backoff,
+) -> Decision:
+    if kind is FailureKind.AUTH and has_auth:
+        # Salesforce sends 401 with reconnect:none; a new token and a fresh handshake fix it.
+        return Decision(Action.HANDSHAKE, backoff.delay(attempt, rnd), "auth", authenticate=True)
+    if kind is FailureKind.QUOTA:
+        return Decision(Action.HANDSHAKE, backoff.quota_delay(attempt, rnd), "quota")
+    if advice.reconnect is Reconnect.NONE:
+        return Decision(Action.CLOSE, 0.0, _FAILURE_REASON[kind])
+    delay = advice.interval if attempt == 0 else max(advice.interval, backoff.delay(attempt, rnd))
+    if kind is FailureKind.UNKNOWN_SESSION:
+        # Whatever the (maybe missing) advice says, the session is gone: handshake again.
+        return Decision(Action.HANDSHAKE, delay, "unknown_session")
+    reason = _FAILURE_REASON[kind]
+    if advice.reconnect is Reconnect.HANDSHAKE:
+        return Decision(Action.HANDSHAKE, delay, reason)
+    delay = max(advice.interval, backoff.delay(attempt, rnd))
+    return _escalate(Decision(Action.CONNECT, delay, reason), advice, now, unconnected_since)
+
+
+def decide_transport_error(
+    reason: str,
+    advice: Advice,
+    *,
+    attempt: int,
+    rnd: Callable[[], float],
+    now: float,
+    unconnected_since: float | None,
+    handshaking: bool,
+    backoff: Backoff = Backoff(),
+) -> Decision:
+    """Decide after a transport error (network, timeout, HTTP status, malformed body)."""
+    delay = backoff.delay(attempt, rnd)
+    if handshaking:
+        return Decision(Action.HANDSHAKE, delay, reason)
+    return _escalate(Decision(Action.CONNECT, delay, reason), advice, now, unconnected_since)
