@@ -1,0 +1,627 @@
+"""Every configuration option of the daemon, validated once at start.
+
+Settings come from the environment (prefix ``BRIDGE_``, nested fields joined by ``__``):
+``BRIDGE_ENDPOINTS`` is a JSON object of endpoint name -> endpoint settings, and
+``BRIDGE_ENDPOINTS__<NAME>__<FIELD>`` sets (or overrides) one field of one endpoint. Every
+secret is a ``SecretStr`` and can also be given as ``<FIELD>_FILE`` (a path whose stripped
+content is the secret), e.g. ``BRIDGE_AMQP_URL_FILE`` or
+``BRIDGE_ENDPOINTS__SF__AUTH__CLIENT_SECRET_FILE``.
+
+Use :func:`load_settings`; it raises :class:`ConfigError` whose ``problems`` name the
+environment variable and the reason for each mistake, never the value (it may be a secret).
+:func:`redacted_dump` renders the effective configuration with secrets hidden.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import string
+from collections.abc import Mapping
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    SecretStr,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
+
+
+__all__ = [
+    "ConfigError",
+    "Settings",
+    "Endpoint",
+    "AuthSettings",
+    "NoAuth",
+    "BearerAuth",
+    "OAuth2ClientCredentialsAuth",
+    "OAuth2RefreshTokenAuth",
+    "SalesforceJwtAuth",
+    "load_settings",
+    "unknown_variables",
+    "redacted_dump",
+    "ENV_PREFIX",
+    "ROUTING_KEY_PLACEHOLDERS",
+]
+
+ENV_PREFIX = "BRIDGE_"
+DEFAULT_SECRETS_DIR = Path("/run/secrets")
+ROUTING_KEY_PLACEHOLDERS = frozenset({"endpoint", "channel", "channel_path"})
+
+# Bayeux 1.0 grammar: channel = "/" segment *( "/" segment ), segment = 1*( alnum | mark );
+# a subscription may end in one wildcard segment, "*" (one level) or "**" (any depth).
+_SEGMENT = r"[A-Za-z0-9\-_!~()$@]+"
+_CHANNEL_RE = re.compile(rf"^(/{_SEGMENT})*(/{_SEGMENT}|/\*|/\*\*)$")
+_ENDPOINT_NAME = r"^[a-z][a-z0-9_-]*$"
+_API_VERSION_RE = re.compile(r"^\d+\.\d+$")
+
+
+# --------------------------------------------------------------------------- validators
+
+
+def _check_http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise PydanticCustomError("url_scheme", "must be an http:// or https:// URL with a host")
+    return value
+
+
+def _check_channel(value: str) -> str:
+    if not _CHANNEL_RE.match(value):
+        raise PydanticCustomError(
+            "channel",
+            "not a Bayeux channel: expected /segment/... with an optional final * or **",
+        )
+    if value == "/meta" or value.startswith("/meta/"):
+        raise PydanticCustomError("channel", "/meta channels are the protocol's own, not data")
+    return value
+
+
+def _check_routing_key(value: str) -> str:
+    try:
+        fields = [f for _, f, spec, conv in string.Formatter().parse(value) if f is not None]
+        specs = [(spec, conv) for _, f, spec, conv in string.Formatter().parse(value) if f]
+    except ValueError:
+        raise PydanticCustomError("template", "unbalanced { or } in template") from None
+    unknown = sorted(set(fields) - ROUTING_KEY_PLACEHOLDERS)
+    if unknown:
+        raise PydanticCustomError(
+            "template",
+            "unknown placeholder(s) {unknown}; known: {{endpoint}}, {{channel}}, {{channel_path}}",
+            {"unknown": ", ".join("{" + u + "}" for u in unknown)},
+        )
+    if any(spec or conv for spec, conv in specs):
+        raise PydanticCustomError("template", "format specs and conversions are not supported")
+    return value
+
+
+def _split_list(value: Any) -> Any:
+    # A single value ("websocket") or a comma-separated env string is accepted for lists.
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+def _normalise_connection_type(value: Any) -> Any:
+    return value.strip().lower().replace("_", "-") if isinstance(value, str) else value
+
+
+def _replay_alias(value: Any) -> Any:
+    # Salesforce spells "new only" as -1 and "all retained" as -2.
+    aliases = {"-1": "new", "-2": "all"}
+    key = str(value).strip().lower() if isinstance(value, str | int) else value
+    return aliases.get(key, key) if isinstance(key, str) else key
+
+
+def _upper(value: Any) -> Any:
+    return value.strip().upper() if isinstance(value, str) else value
+
+
+def _read_secret_file(path: Any) -> SecretStr:
+    if isinstance(path, SecretStr):
+        return path
+    try:
+        return SecretStr(Path(path).read_text(encoding="utf-8").strip())
+    except OSError as exc:
+        raise PydanticCustomError(
+            "secret_file", "cannot read secret file: {reason}", {"reason": exc.strerror or "error"}
+        ) from None
+
+
+HttpUrl = Annotated[str, AfterValidator(_check_http_url)]
+Channel = Annotated[str, AfterValidator(_check_channel)]
+ConnectionType = Annotated[
+    Literal["websocket", "long-polling"], BeforeValidator(_normalise_connection_type)
+]
+# A path on input; the file's stripped content (a SecretStr) once validated.
+SecretFile = Annotated[SecretStr, BeforeValidator(_read_secret_file)]
+EndpointName = Annotated[str, StringConstraints(pattern=_ENDPOINT_NAME)]
+
+
+class _Model(BaseModel):
+    """Base of every settings section: unknown keys are mistakes, not ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Names of the SecretStr fields that also accept ``<name>_file`` and whether each is required.
+    _secrets: ClassVar[dict[str, bool]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _load_secret_files(cls, data: Any) -> Any:
+        # Read "<field>_file" into "<field>" so the rest of the code sees one SecretStr.
+        if not isinstance(data, dict) or not cls._secrets:
+            return data
+        data = dict(data)
+        for name in cls._secrets:
+            path = data.get(f"{name}_file")
+            if path is None:
+                continue
+            if data.get(name) is not None:
+                raise PydanticCustomError(
+                    "secret_conflict",
+                    "give {field} or {field}_file, not both",
+                    {"field": name},
+                )
+        return data
+
+    @model_validator(mode="after")
+    def _require_secrets(self) -> Any:
+        for name, required in self._secrets.items():
+            from_file = getattr(self, f"{name}_file", None)
+            if from_file is not None:
+                object.__setattr__(self, name, from_file)
+                object.__setattr__(self, f"{name}_file", None)
+            if required and getattr(self, name) is None:
+                raise PydanticCustomError(
+                    "missing_secret", "{field} (or {field}_file) is required", {"field": name}
+                )
+        return self
+
+
+# --------------------------------------------------------------------------- auth
+
+
+class _AuthCommon(_Model):
+    name: str | None = None
+    """Credential name (metrics label, sharing key); default: the first endpoint using it."""
+    placement: Literal["header", "ext"] = "header"
+    """``header``: ``Authorization: Bearer``; ``ext``: inside the meta messages' ``ext``."""
+    ext_path: str = "auth.token"
+    """Dotted path inside ``ext`` when ``placement`` is ``ext``."""
+    refresh_fraction: float = Field(default=0.8, gt=0, le=1)
+    """Refresh the token after this fraction of its lifetime."""
+
+    derives_url: ClassVar[bool] = False
+    """True when the auth kind yields the CometD URL itself (Salesforce ``instance_url``)."""
+
+
+class NoAuth(_AuthCommon):
+    """No credentials."""
+
+    kind: Literal["none"] = "none"
+
+
+class BearerAuth(_AuthCommon):
+    """A static bearer token."""
+
+    _secrets: ClassVar[dict[str, bool]] = {"token": True}
+    kind: Literal["bearer"]
+    token: SecretStr | None = None
+    token_file: SecretFile | None = None
+
+
+class OAuth2ClientCredentialsAuth(_AuthCommon):
+    """OAuth 2 client credentials grant."""
+
+    _secrets: ClassVar[dict[str, bool]] = {"client_secret": True}
+    kind: Literal["oauth2_client_credentials"]
+    token_url: HttpUrl
+    client_id: str
+    client_secret: SecretStr | None = None
+    client_secret_file: SecretFile | None = None
+    scope: str | None = None
+    client_auth: Literal["body", "basic"] = "body"
+
+
+class OAuth2RefreshTokenAuth(_AuthCommon):
+    """OAuth 2 refresh token grant (a rotated refresh token in a response replaces this one)."""
+
+    _secrets: ClassVar[dict[str, bool]] = {"client_secret": False, "refresh_token": True}
+    kind: Literal["oauth2_refresh_token"]
+    token_url: HttpUrl
+    client_id: str
+    client_secret: SecretStr | None = None
+    client_secret_file: SecretFile | None = None
+    refresh_token: SecretStr | None = None
+    refresh_token_file: SecretFile | None = None
+
+
+class SalesforceJwtAuth(_AuthCommon):
+    """Salesforce OAuth JWT bearer flow (RS256); the token response names the instance URL.
+
+    After loading, ``private_key`` always holds the PEM (read from ``private_key_file`` if
+    that was given).
+    """
+
+    _secrets: ClassVar[dict[str, bool]] = {"private_key": True}
+    derives_url: ClassVar[bool] = True
+    kind: Literal["salesforce_jwt"]
+    login_url: HttpUrl = "https://login.salesforce.com"
+    client_id: str
+    username: str
+    private_key: SecretStr | None = None
+    private_key_file: SecretFile | None = None
+    token_lifetime: PositiveFloat = 7200.0
+    """Seconds; Salesforce's response has no ``expires_in``."""
+
+
+AuthSettings = Annotated[
+    NoAuth | BearerAuth | OAuth2ClientCredentialsAuth | OAuth2RefreshTokenAuth | SalesforceJwtAuth,
+    Field(discriminator="kind"),
+]
+_AUTH_KINDS = (
+    "none",
+    "bearer",
+    "oauth2_client_credentials",
+    "oauth2_refresh_token",
+    "salesforce_jwt",
+)
+
+
+# --------------------------------------------------------------------------- endpoint
+
+
+class Endpoint(_Model):
+    """One CometD server, its subscriptions, and where its messages go in RabbitMQ."""
+
+    url: HttpUrl | None = None
+    """CometD URL; optional only when the auth kind derives it (see :meth:`resolve_url`)."""
+    channels: Annotated[list[Channel], BeforeValidator(_split_list), Field(min_length=1)]
+    connection_types: Annotated[
+        list[ConnectionType], BeforeValidator(_split_list), Field(min_length=1)
+    ] = ["websocket", "long-polling"]
+    """In order of preference."""
+    connection_timeout: PositiveFloat | None = 30.0
+    max_pending_count: PositiveInt = 1000
+    max_pending_bytes: PositiveInt = 16 * 1024 * 1024
+    max_inflight: PositiveInt = 512
+    exchange: str = "cometd"
+    exchange_type: Literal["topic", "direct", "fanout", "headers"] = "topic"
+    routing_key: Annotated[str, AfterValidator(_check_routing_key)] = "{channel}"
+    alternate_exchange: str | None = None
+    headers: dict[str, str] = {}
+    """Extra HTTP headers sent to the CometD server."""
+    replay: Annotated[Literal["off", "new", "all", "stored"], BeforeValidator(_replay_alias)] = (
+        "off"
+    )
+    replay_fallback: Annotated[Literal["new", "all"], BeforeValidator(_replay_alias)] = "new"
+    """Where ``replay=stored`` starts when nothing is stored yet."""
+    gap_policy: Literal["fail", "latest", "earliest"] = "earliest"
+    ack: Literal["auto", "on", "off"] = "auto"
+    auth: AuthSettings = NoAuth()
+    api_version: str = "62.0"
+
+    @field_validator("connection_types")
+    @classmethod
+    def _dedupe(cls, value: list[str]) -> list[str]:
+        return list(dict.fromkeys(value))
+
+    @field_validator("api_version")
+    @classmethod
+    def _check_api_version(cls, value: str) -> str:
+        if not _API_VERSION_RE.match(value):
+            raise PydanticCustomError("api_version", "must look like 62.0")
+        return value
+
+    @model_validator(mode="after")
+    def _url_or_derivable(self) -> Endpoint:
+        if self.url is None and not self.auth.derives_url:
+            raise PydanticCustomError(
+                "missing_url",
+                "{field} is required (only auth kind salesforce_jwt can derive it)",
+                {"field": "url"},
+            )
+        return self
+
+    def resolve_url(self, instance_url: str | None = None) -> str:
+        """The CometD URL: ``url`` if set, else ``{instance_url}/cometd/{api_version}``."""
+        if self.url is not None:
+            return self.url
+        if instance_url is None:
+            raise ValueError("this endpoint's URL comes from the auth response's instance_url")
+        return f"{instance_url.rstrip('/')}/cometd/{self.api_version}"
+
+
+# --------------------------------------------------------------------------- top level
+
+
+def _check_amqp_url(value: SecretStr) -> SecretStr:
+    parts = urlsplit(value.get_secret_value())
+    if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
+        raise PydanticCustomError("url_scheme", "must be an amqp:// or amqps:// URL with a host")
+    return value
+
+
+AmqpUrl = Annotated[SecretStr, AfterValidator(_check_amqp_url)]
+
+# Set by load_settings() so the env source reads a given mapping instead of os.environ.
+_ENV_OVERRIDE: ContextVar[Mapping[str, str] | None] = ContextVar("_ENV_OVERRIDE", default=None)
+
+
+class _EnvSource(EnvSettingsSource):
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        env = _ENV_OVERRIDE.get()
+        if env is None:
+            return super()._load_env_vars()
+        return {k.lower(): v for k, v in env.items()}
+
+    def decode_complex_value(self, field_name: str, field: FieldInfo | None, value: Any) -> Any:
+        # Only values that look like JSON are JSON; anything else ("/a,/b", "websocket") goes
+        # to the field's validators, which accept comma-separated lists or report the variable.
+        if isinstance(value, str) and value.lstrip()[:1] not in ("[", "{"):
+            return value
+        return super().decode_complex_value(field_name, field, value)  # type: ignore[arg-type]
+
+
+class Settings(BaseSettings):
+    """The daemon's whole configuration (see README for the table of variables)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+    amqp_url: AmqpUrl = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
+    amqp_url_file: SecretFile | None = None
+    endpoints: dict[EndpointName, Endpoint]
+    http_host: str = "0.0.0.0"  # reachable from outside a container
+    http_port: int = Field(default=8080, ge=0, le=65535)
+    log_level: Annotated[
+        Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], BeforeValidator(_upper)
+    ] = "INFO"
+    log_format: Literal["auto", "json", "console"] = "auto"
+    state_dir: Path = Path("./state")
+    shutdown_timeout: PositiveFloat = 20.0
+    publish_timeout: PositiveFloat = 10.0
+    position_flush_interval: PositiveFloat = 1.0
+    position_flush_every: PositiveInt = 1000
+    control_exchange: str = "cometd.control"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _amqp_url_file(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("amqp_url_file") and "amqp_url" in data:
+            raise PydanticCustomError(
+                "secret_conflict", "give {field} or {field}_file, not both", {"field": "amqp_url"}
+            )
+        return data
+
+    @model_validator(mode="after")
+    def _apply_amqp_url_file(self) -> Settings:
+        if self.amqp_url_file is not None:
+            object.__setattr__(self, "amqp_url", _check_amqp_url(self.amqp_url_file))
+            object.__setattr__(self, "amqp_url_file", None)
+        if not self.endpoints:
+            raise PydanticCustomError(
+                "no_endpoints", "at least one endpoint is required", {"field": "endpoints"}
+            )
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Init kwargs, then the environment (or load_settings' mapping), then secret files."""
+        return (init_settings, _EnvSource(settings_cls), file_secret_settings)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+class ConfigError(Exception):
+    """Invalid configuration: ``problems`` is a list of (environment variable, reason)."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(f"{var}: {reason}" for var, reason in problems))
+
+
+def load_settings(
+    env: Mapping[str, str] | None = None,
+    *,
+    secrets_dir: Path | None = DEFAULT_SECRETS_DIR,
+) -> Settings:
+    """Load and validate settings from ``env`` (default: ``os.environ``).
+
+    ``secrets_dir`` (default ``/run/secrets``, ignored when absent) may hold files named after
+    top-level variables, e.g. ``bridge_amqp_url``. Raises :class:`ConfigError`.
+    """
+    source = os.environ if env is None else env
+    token = _ENV_OVERRIDE.set(source)
+    try:
+        kwargs: dict[str, Any] = {}
+        if secrets_dir is not None and secrets_dir.is_dir():
+            kwargs["_secrets_dir"] = secrets_dir
+        return Settings(**kwargs)
+    except ValidationError as exc:
+        raise ConfigError(_problems_from_validation(exc, source)) from None
+    except SettingsError:
+        raise ConfigError(_problems_from_json(source)) from None
+    finally:
+        _ENV_OVERRIDE.reset(token)
+
+
+def unknown_variables(env: Mapping[str, str] | None = None) -> list[str]:
+    """``BRIDGE_*`` variables that name no setting (likely typos); for a warning at start.
+
+    Not an error: other tools (tests, wrappers) may use the prefix too.
+    """
+    source = os.environ if env is None else env
+    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    known |= {ENV_PREFIX + "AMQP_URL_FILE"}
+    return sorted(
+        k
+        for k in _env_keys(source)
+        if k not in known and not k.startswith(f"{ENV_PREFIX}ENDPOINTS__")
+    )
+
+
+def _env_keys(env: Mapping[str, str]) -> set[str]:
+    return {k.upper() for k in env if k.upper().startswith(ENV_PREFIX)}
+
+
+def _problems_from_validation(
+    exc: ValidationError, env: Mapping[str, str]
+) -> list[tuple[str, str]]:
+    present = _env_keys(env)
+    problems: list[tuple[str, str]] = []
+    for err in exc.errors(include_input=False, include_url=False):
+        loc = [str(part) for part in err["loc"]]
+        ctx = err.get("ctx") or {}
+        # Our model-level checks say which field they are about.
+        if "field" in ctx and ctx["field"] not in loc:
+            loc.append(str(ctx["field"]))
+        reason = err["msg"]
+        key_error = "[key]" in loc
+        loc = [p for p in loc if p != "[key]"]
+        # A discriminated union puts the tag into the location: endpoints.x.auth.bearer.token.
+        if "auth" in loc:
+            i = loc.index("auth")
+            if i + 1 < len(loc) and loc[i + 1] in _AUTH_KINDS:
+                del loc[i + 1]
+        if key_error:
+            reason = "endpoint names must match ^[a-z][a-z0-9_-]*$ (env names are lower-cased)"
+        elif loc == ["endpoints"] and err["type"] == "dict_type":
+            reason = 'must be a JSON object: {"name": {"url": ..., "channels": [...]}}'
+        elif err["type"] == "extra_forbidden":
+            reason = "unknown setting"
+        # List indexes: name the list variable, say which item.
+        while loc and loc[-1].isdigit():
+            reason = f"item {loc.pop()}: {reason}"
+        missing = err["type"] in _MISSING_TYPES
+        problems.append(_name_variable(loc, reason, present, key_error=key_error, missing=missing))
+    return problems
+
+
+_MISSING_TYPES = frozenset({"missing", "missing_secret", "missing_url"})
+
+
+def _name_variable(
+    loc: list[str],
+    reason: str,
+    present: set[str],
+    *,
+    key_error: bool = False,
+    missing: bool = False,
+) -> tuple[str, str]:
+    full = ENV_PREFIX + "__".join(part.upper() for part in loc)
+    # Name the most specific variable that was actually set; a value inside a JSON object is
+    # reported against that variable, with the path inside it.
+    for cut in range(len(loc), 0, -1):
+        var = ENV_PREFIX + "__".join(part.upper() for part in loc[:cut])
+        if var in present:
+            if cut == len(loc) or key_error:
+                return var, reason
+            inner = ".".join(loc[cut:])
+            if missing:
+                # Nothing was given, so name the one-field variable first.
+                return full, f"{reason} (or set {inner} in {var})"
+            return var, f"{inner}: {reason} (or set {full})"
+    return full, reason
+
+
+def _problems_from_json(env: Mapping[str, str]) -> list[tuple[str, str]]:
+    # pydantic-settings failed to decode a JSON value; find which variable without echoing it.
+    problems: list[tuple[str, str]] = []
+    for key, value in env.items():
+        name = key.upper()
+        if not name.startswith(ENV_PREFIX) or name.endswith("_FILE"):
+            continue
+        looks_json = name == f"{ENV_PREFIX}ENDPOINTS" or value.lstrip()[:1] in ("[", "{")
+        if not looks_json:
+            continue
+        try:
+            json.loads(value)
+        except json.JSONDecodeError as exc:
+            # The decoder's message names the position, never the text.
+            problems.append(
+                (name, f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
+            )
+    if not problems:
+        problems.append(
+            (f"{ENV_PREFIX}ENDPOINTS", "invalid JSON in this variable or a __ nested one")
+        )
+    return problems
+
+
+# --------------------------------------------------------------------------- redaction
+
+_SENSITIVE_HEADER = re.compile(r"authorization|cookie|token|secret|key|password", re.IGNORECASE)
+MASK = "***"
+
+
+def mask_url(url: str) -> str:
+    """``scheme://user:pass@host`` -> ``scheme://user:***@host``; other URLs unchanged."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rsplit("@", 1)[1]
+    return parts._replace(netloc=f"{user}:{MASK}@{host}").geturl()
+
+
+def redacted_dump(settings: Settings) -> dict[str, Any]:
+    """The effective configuration as JSON-ready data: secrets ``***``, URL passwords masked."""
+    raw = settings.model_dump(mode="python", exclude={"amqp_url_file"})
+    raw["amqp_url"] = mask_url(settings.amqp_url.get_secret_value())
+    result = _redact(raw)
+    assert isinstance(result, dict)
+    return result
+
+
+def _redact(value: Any, key: str = "") -> Any:
+    if isinstance(value, SecretStr):
+        return MASK
+    if isinstance(value, dict):
+        in_headers = key == "headers"
+        return {
+            k: (MASK if in_headers and _SENSITIVE_HEADER.search(str(k)) else _redact(v, str(k)))
+            for k, v in value.items()
+            if not (str(k).endswith("_file") and v is None)
+        }
+    if isinstance(value, list | tuple):
+        return [_redact(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, str) and "://" in value:
+        return mask_url(value)
+    return value
