@@ -1,0 +1,114 @@
+"""From the ``auth`` settings of an endpoint to a shared credential and its extension."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from typing import Any
+
+from pydantic import BaseModel, SecretStr
+
+from bridge.auth.credential import Credential, CredentialRegistry
+from bridge.auth.extension import TokenAuthExtension
+from bridge.auth.hooks import AuthHooks
+from bridge.auth.tokens import (
+    ClientCredentials,
+    RefreshToken,
+    SalesforceJwt,
+    StaticToken,
+    TokenSource,
+)
+
+
+__all__ = ["build_source", "credential_key", "credential_for", "extension_for"]
+
+# Fields that say where the token goes, not which credential it is: endpoints that differ only
+# in these still share one credential (one token, one refresh).
+_PLACEMENT_FIELDS = frozenset({"placement", "ext_path", "name"})
+
+
+def _required(value: SecretStr | None, field: str) -> SecretStr:
+    if value is None:  # settings validation makes this unreachable; keep mypy and us honest
+        raise ValueError(f"auth.{field} is required")
+    return value
+
+
+def build_source(auth: Any) -> TokenSource | None:
+    """The token source for an ``AuthSettings`` model (None for kind ``none``)."""
+    kind = auth.kind
+    if kind == "none":
+        return None
+    if kind == "bearer":
+        return StaticToken(_required(auth.token, "token"))
+    if kind == "oauth2_client_credentials":
+        return ClientCredentials(
+            str(auth.token_url),
+            auth.client_id,
+            _required(auth.client_secret, "client_secret"),
+            scope=auth.scope,
+            client_auth=auth.client_auth,
+        )
+    if kind == "oauth2_refresh_token":
+        return RefreshToken(
+            str(auth.token_url),
+            auth.client_id,
+            _required(auth.refresh_token, "refresh_token"),
+            auth.client_secret,
+        )
+    if kind == "salesforce_jwt":
+        return SalesforceJwt(
+            str(auth.login_url),
+            auth.client_id,
+            auth.username,
+            _required(auth.private_key, "private_key"),
+            token_lifetime=auth.token_lifetime,
+        )
+    raise ValueError(f"unknown auth kind {kind!r}")
+
+
+def credential_key(auth: BaseModel) -> Hashable:
+    """Equal for two auth settings that denote the same credential (secrets compared, not shown).
+
+    An explicit ``name`` is part of the key only through the credential it names: two endpoints
+    with identical credentials share one token whatever they call it.
+    """
+    items = []
+    for field in sorted(type(auth).model_fields):
+        if field in _PLACEMENT_FIELDS or field.endswith("_file"):
+            continue  # *_file was already read into its secret field
+        value = getattr(auth, field)
+        items.append((field, value if isinstance(value, Hashable) else repr(value)))
+    return (type(auth).__name__, tuple(items))
+
+
+def credential_for(
+    registry: CredentialRegistry, auth: Any, endpoint_name: str
+) -> Credential | None:
+    """The shared credential for an endpoint's ``auth`` (None for kind ``none``).
+
+    Its name (the ``credential`` metric label) is ``auth.name`` or the first endpoint using it.
+    """
+    if auth.kind == "none":
+        return None
+    hooks: AuthHooks = registry.hooks
+
+    def create() -> Credential:
+        source = build_source(auth)
+        assert source is not None
+        return Credential(
+            auth.name or endpoint_name,
+            source,
+            refresh_fraction=auth.refresh_fraction,
+            hooks=hooks,
+        )
+
+    return registry.get(credential_key(auth), create)
+
+
+def extension_for(
+    registry: CredentialRegistry, auth: Any, endpoint_name: str
+) -> TokenAuthExtension | None:
+    """The client's auth extension for an endpoint (None for kind ``none``)."""
+    credential = credential_for(registry, auth, endpoint_name)
+    if credential is None:
+        return None
+    return TokenAuthExtension(credential, auth.placement, auth.ext_path)

@@ -1,0 +1,210 @@
+"""Every grant against a real token endpoint: what goes on the wire, what comes back."""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import time
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from bridge.auth import (
+    ClientCredentials,
+    Credential,
+    RefreshToken,
+    SalesforceJwt,
+    TokenRejected,
+    TokenSource,
+)
+from tests.integration.auth.recording import RecordingHooks
+from tests.integration.auth.token_server import JWT_BEARER_GRANT, TokenServer
+
+
+pytestmark = pytest.mark.integration
+
+MakeCredential = Callable[..., Credential]
+
+
+@pytest.fixture
+async def make_credential() -> AsyncIterator[MakeCredential]:
+    """Credentials closed at teardown (their timers and HTTP sessions with them)."""
+    made: list[Credential] = []
+
+    def make(source: TokenSource, **options: object) -> Credential:
+        credential = Credential("test", source, **options)  # type: ignore[arg-type]
+        made.append(credential)
+        return credential
+
+    yield make
+    for credential in made:
+        await credential.aclose()
+
+
+async def test_client_credentials_in_body(
+    token_server: TokenServer, make_credential: MakeCredential
+) -> None:
+    source = ClientCredentials(
+        token_server.token_url, token_server.client_id, token_server.client_secret, scope="stream"
+    )
+    token = await make_credential(source).get()
+
+    assert token_server.token_valid(token.access_token.get_secret_value())
+    assert token_server.last_form == {
+        "grant_type": "client_credentials",
+        "scope": "stream",
+        "client_id": token_server.client_id,
+        "client_secret": token_server.client_secret,
+    }
+    assert "Authorization" not in token_server.last_headers
+    assert token.expires_at is not None
+    assert token.expires_at - token.issued_at == pytest.approx(token_server.lifetime)
+
+
+async def test_client_credentials_with_http_basic(
+    token_server: TokenServer, make_credential: MakeCredential
+) -> None:
+    # A secret with characters RFC 6749 §2.3.1 form-encodes before base64.
+    token_server.client_secret = "p@ss:wörd+/="
+    source = ClientCredentials(
+        token_server.token_url,
+        token_server.client_id,
+        token_server.client_secret,
+        client_auth="basic",
+    )
+    token = await make_credential(source).get()
+
+    assert token_server.token_valid(token.access_token.get_secret_value())
+    assert "client_secret" not in token_server.last_form
+    assert "client_id" not in token_server.last_form
+    header = token_server.last_headers["Authorization"]
+    assert header.startswith("Basic ")
+    assert ":" in base64.b64decode(header[6:]).decode()
+
+
+async def test_wrong_client_secret_is_rejected_as_invalid_client(
+    token_server: TokenServer, make_credential: MakeCredential
+) -> None:
+    source = ClientCredentials(token_server.token_url, token_server.client_id, "wrong")
+    with pytest.raises(TokenRejected) as caught:
+        await make_credential(source).get()
+    assert caught.value.error == "invalid_client"
+    assert caught.value.status == 401
+
+
+async def test_refresh_token_follows_rotation(
+    token_server: TokenServer, make_credential: MakeCredential
+) -> None:
+    token_server.rotate_refresh_tokens = True
+    source = RefreshToken(
+        token_server.token_url, token_server.client_id, token_server.refresh_token
+    )
+    credential = make_credential(source)
+
+    first = await credential.get()
+    # Each forced refresh must use the refresh token the previous reply rotated in: the
+    # server has revoked the older one, so reusing it would fail with invalid_grant.
+    second = await credential.invalidate(first)
+    third = await credential.invalidate(second)
+
+    tokens = {t.access_token.get_secret_value() for t in (first, second, third)}
+    assert len(tokens) == 3
+    assert source.rotations == 3
+    assert token_server.refresh_token_valid(source.refresh_token.get_secret_value())
+    assert token_server.by_grant == {"refresh_token": 3}
+
+
+async def test_refresh_token_revoked_is_invalid_grant(
+    token_server: TokenServer, make_credential: MakeCredential
+) -> None:
+    source = RefreshToken(token_server.token_url, token_server.client_id, "revoked-long-ago")
+    with pytest.raises(TokenRejected) as caught:
+        await make_credential(source).get()
+    assert caught.value.error == "invalid_grant"
+
+
+async def test_salesforce_jwt_bearer(
+    token_server: TokenServer, make_credential: MakeCredential, rsa_pem: str
+) -> None:
+    source = SalesforceJwt(
+        token_server.url,
+        token_server.client_id,
+        token_server.jwt_username,
+        rsa_pem,
+        token_lifetime=1800,
+    )
+    credential = make_credential(source)
+    before = time.time()
+    token = await credential.get()
+
+    # The endpoint verified the RS256 signature with the public key and every claim.
+    assert token_server.errors == []
+    assert token_server.by_grant == {JWT_BEARER_GRANT: 1}
+    claims = token_server.last_assertion
+    assert claims["iss"] == token_server.client_id
+    assert claims["sub"] == token_server.jwt_username
+    assert claims["aud"] == token_server.url
+    assert before < claims["exp"] <= time.time() + SalesforceJwt.ASSERTION_LIFETIME
+    # No expires_in in the reply: the configured lifetime applies.
+    assert token.expires_at is not None
+    assert token.expires_at - token.issued_at == pytest.approx(1800)
+    assert credential.instance_url == token_server.instance_url
+
+
+async def test_salesforce_jwt_signed_with_another_key_is_refused(
+    token_server: TokenServer, make_credential: MakeCredential
+) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = other.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )
+    source = SalesforceJwt(token_server.url, token_server.client_id, token_server.jwt_username, pem)
+    with pytest.raises(TokenRejected):
+        await make_credential(source).get()
+    assert token_server.errors == ["bad signature"]
+
+
+@pytest.mark.parametrize("grant", ["client_credentials", "refresh_token", "jwt"])
+async def test_proactive_refresh_before_expiry(
+    grant: str, token_server: TokenServer, make_credential: MakeCredential, rsa_pem: str
+) -> None:
+    token_server.lifetime = 2.0
+    token_server.rotate_refresh_tokens = True
+    source: TokenSource
+    if grant == "client_credentials":
+        source = ClientCredentials(
+            token_server.token_url, token_server.client_id, token_server.client_secret
+        )
+    elif grant == "refresh_token":
+        source = RefreshToken(
+            token_server.token_url, token_server.client_id, token_server.refresh_token
+        )
+    else:
+        source = SalesforceJwt(
+            token_server.url,
+            token_server.client_id,
+            token_server.jwt_username,
+            rsa_pem,
+            token_lifetime=token_server.lifetime,
+        )
+    hooks = RecordingHooks()
+    credential = make_credential(source, hooks=hooks)
+    await credential.get()
+
+    # Nobody asks for a token again: the timer alone must renew it, several times.
+    await hooks.wait_for(lambda: hooks.count("success") >= 3)
+
+    issued = token_server.issued
+    assert len(issued) >= 3
+    for previous, following in itertools.pairwise(issued):
+        assert previous.expires_at is not None
+        assert following.issued_at < previous.expires_at, "refreshed only after expiry"
+    assert hooks.count("failure") == 0
+    assert [e for _, e in hooks.expiries][:3] == pytest.approx(
+        [i.expires_at for i in issued[:3]], abs=0.5
+    )
