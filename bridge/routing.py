@@ -1,0 +1,150 @@
+"""CometD message -> AMQP message, per the contract in docs/CONTRACTS.md.
+
+One :class:`Router` per endpoint. :meth:`Router.route` is on the hot path: the routing key
+comes from a per-channel cache (the template is formatted once per channel), and the body is
+encoded once. Publishing itself is the publisher's job; this module does no I/O.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+
+if TYPE_CHECKING:
+    from bridge.settings import Endpoint
+
+__all__ = [
+    "Router",
+    "RoutedMessage",
+    "RoutingError",
+    "CONTENT_TYPE",
+    "DELIVERY_MODE_PERSISTENT",
+    "dotted_channel",
+    "message_id_for",
+]
+
+CONTENT_TYPE: Final = "application/json"
+DELIVERY_MODE_PERSISTENT: Final = 2
+
+# Wildcard subscriptions can bring many distinct channels; keep the cache bounded.
+_CACHE_LIMIT: Final = 4096
+
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+# Canonical form for the content hash: key order must not change the message id.
+_canonical = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, sort_keys=True).encode
+
+
+class RoutingError(ValueError):
+    """The message is not a routable CometD data message (no ``channel`` or no ``data``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RoutedMessage:
+    """Everything the publisher needs for one AMQP message.
+
+    Publish with ``content_type=CONTENT_TYPE``, ``delivery_mode=DELIVERY_MODE_PERSISTENT``
+    and ``mandatory=True``.
+    """
+
+    exchange: str
+    routing_key: str
+    body: bytes
+    headers: dict[str, Any]
+    message_id: str
+    timestamp: float
+    """Receive time, unix seconds."""
+    channel: str
+    replay_id: int | str | None
+
+
+def dotted_channel(channel: str) -> str:
+    """``/event/Order__e`` -> ``event.Order__e`` (the leading slash dropped, others dotted)."""
+    return channel[1:].replace("/", ".") if channel.startswith("/") else channel.replace("/", ".")
+
+
+def _replay_id(data: Any) -> int | str | None:
+    # Salesforce puts the replay id in data.event.replayId.
+    if isinstance(data, dict):
+        event = data.get("event")
+        if isinstance(event, dict):
+            rid = event.get("replayId")
+            if isinstance(rid, int | str) and not isinstance(rid, bool):
+                return rid
+    return None
+
+
+def message_id_for(
+    endpoint: str, channel: str, data: Any, replay_id: int | str | None, cometd_id: Any
+) -> str:
+    """Stable id for the same event: replay id, else CometD id, else a content hash."""
+    if replay_id is not None:
+        return f"{endpoint}:{channel}:r{replay_id}"
+    if cometd_id is not None:
+        return f"{endpoint}:{channel}:i{cometd_id}"
+    digest = hashlib.sha256(_canonical(data).encode()).hexdigest()[:32]
+    return f"{endpoint}:{channel}:h{digest}"
+
+
+class Router:
+    """Routes one endpoint's CometD data messages to its exchange."""
+
+    __slots__ = ("_cache", "_template", "endpoint", "exchange")
+
+    def __init__(self, endpoint: str, exchange: str, routing_key: str = "{channel}") -> None:
+        """``routing_key`` is a template with ``{endpoint}``, ``{channel}``, ``{channel_path}``
+        (validated by the settings)."""
+        self.endpoint = endpoint
+        self.exchange = exchange
+        self._template = routing_key
+        self._cache: dict[str, str] = {}
+
+    @classmethod
+    def from_settings(cls, name: str, endpoint: Endpoint) -> Router:
+        """The router for the configured endpoint ``name``."""
+        return cls(name, endpoint.exchange, endpoint.routing_key)
+
+    def routing_key(self, channel: str) -> str:
+        """The routing key for ``channel`` (cached)."""
+        key = self._cache.get(channel)
+        if key is None:
+            key = self._template.format(
+                endpoint=self.endpoint, channel=dotted_channel(channel), channel_path=channel
+            )
+            if len(self._cache) >= _CACHE_LIMIT:
+                self._cache.clear()
+            self._cache[channel] = key
+        return key
+
+    def route(self, message: Mapping[str, Any], received_at: float | None = None) -> RoutedMessage:
+        """Build the AMQP message for a CometD data message received at ``received_at``
+        (unix seconds; default now). Raises :class:`RoutingError` for a non-data message."""
+        channel = message.get("channel")
+        if not isinstance(channel, str) or "data" not in message:
+            raise RoutingError("not a CometD data message (needs channel and data)")
+        data = message["data"]
+        try:
+            body = _encode(data).encode()
+        except (TypeError, ValueError) as exc:
+            raise RoutingError(f"data is not JSON-serialisable: {exc}") from None
+        replay_id = _replay_id(data)
+        cometd_id = message.get("id")
+        headers: dict[str, Any] = {"cometd-endpoint": self.endpoint, "cometd-channel": channel}
+        if cometd_id is not None:
+            headers["cometd-id"] = str(cometd_id)
+        if replay_id is not None:
+            headers["replay-id"] = replay_id
+        return RoutedMessage(
+            exchange=self.exchange,
+            routing_key=self.routing_key(channel),
+            body=body,
+            headers=headers,
+            message_id=message_id_for(self.endpoint, channel, data, replay_id, cometd_id),
+            timestamp=time.time() if received_at is None else received_at,
+            channel=channel,
+            replay_id=replay_id,
+        )
