@@ -1,0 +1,127 @@
+"""Shared helpers for the publisher's integration tests: messages, topology, a counting consumer."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import aio_pika
+import aio_pika.abc
+
+from bridge.amqp import AmqpPublisher, PublishResult
+from bridge.routing import RoutedMessage
+from tests.fixtures.rabbitmq import unique_name
+
+
+def message(
+    exchange: str, i: int, *, body: bytes | None = None, mid: str | None = None
+) -> RoutedMessage:
+    return RoutedMessage(
+        exchange=exchange,
+        routing_key="event.Order__e",
+        body=body if body is not None else b'{"n":%d,"pad":"%s"}' % (i, b"x" * 150),
+        headers={
+            "cometd-endpoint": "ep",
+            "cometd-channel": "/event/Order__e",
+            "cometd-id": str(i),
+            "replay-id": i,
+        },
+        message_id=mid or f"ep:/event/Order__e:r{i}",
+        timestamp=1_700_000_000.0 + i,
+        channel="/event/Order__e",
+        replay_id=i,
+    )
+
+
+@dataclass
+class RecordingHooks:
+    """PublisherHooks that remember what they were told."""
+
+    failures: Counter[str] = field(default_factory=Counter)
+    unroutable: Counter[str] = field(default_factory=Counter)
+    redelivered: int = 0
+
+    def on_failure(self, reason: str, count: int) -> None:
+        self.failures[reason] += count
+
+    def on_unroutable(self, action: str) -> None:
+        self.unroutable[action] += 1
+
+    def on_redelivered(self, count: int) -> None:
+        self.redelivered += count
+
+
+class Results:
+    """Collects ``done`` callbacks; ``wait_for(n)`` returns once n messages are done."""
+
+    def __init__(self) -> None:
+        self.by_id: dict[str, PublishResult] = {}
+        self.calls = 0
+        self._target = 0
+        self._reached = asyncio.Event()
+
+    def __call__(self, msg: RoutedMessage, result: PublishResult) -> None:
+        self.calls += 1
+        self.by_id[msg.message_id] = result
+        if self.calls >= self._target:
+            self._reached.set()
+
+    async def wait_for(self, n: int, within: float = 60) -> None:
+        self._target = n
+        if self.calls < n:
+            self._reached.clear()
+            async with asyncio.timeout(within):
+                await self._reached.wait()
+
+
+class Collector:
+    """Consumes a queue and counts every message_id (duplicates included)."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self.messages: dict[str, aio_pika.abc.AbstractIncomingMessage] = {}
+        self._arrived = asyncio.Event()
+
+    async def __call__(self, msg: aio_pika.abc.AbstractIncomingMessage) -> None:
+        assert msg.message_id is not None
+        self.counts[msg.message_id] += 1
+        self.messages.setdefault(msg.message_id, msg)
+        self._arrived.set()
+
+    async def _until(self, done: Callable[[], bool], within: float) -> None:
+        async with asyncio.timeout(within):
+            while not done():
+                self._arrived.clear()
+                await self._arrived.wait()
+
+    async def wait_for(self, ids: set[str], within: float = 60) -> None:
+        """Return once every id in ``ids`` has arrived at least once."""
+        await self._until(lambda: ids <= self.counts.keys(), within)
+
+    async def wait_count(self, message_id: str, n: int, within: float = 60) -> None:
+        """Return once ``message_id`` has arrived ``n`` times."""
+        await self._until(lambda: self.counts[message_id] >= n, within)
+
+    @property
+    def duplicates(self) -> int:
+        return sum(c - 1 for c in self.counts.values())
+
+
+async def bound_queue(
+    conn: aio_pika.abc.AbstractRobustConnection,
+    exchange: str,
+    *,
+    arguments: dict[str, object] | None = None,
+) -> aio_pika.abc.AbstractQueue:
+    ch = await conn.channel()
+    queue = await ch.declare_queue(unique_name("q"), auto_delete=True, arguments=arguments)  # type: ignore[arg-type]
+    await queue.bind(exchange, "#")
+    return queue
+
+
+async def started_publisher(amqp_url: str, *, name: str | None = None) -> AmqpPublisher:
+    pub = AmqpPublisher(amqp_url, connection_name=name or unique_name("bridge"), publish_timeout=10)
+    await pub.start()
+    return pub
