@@ -1,0 +1,148 @@
+"""Logging: structlog for our code, stdlib records (aiohttp, aio-pika) through the same chain.
+
+JSON lines when stdout is not a TTY (containers) or ``fmt="json"``; a console renderer
+otherwise. Every record, ours or a library's, passes :func:`redact`, so tokens, passwords and
+URL credentials never reach the output. Bind ``endpoint`` with
+``structlog.contextvars.bind_contextvars(endpoint=name)`` at the top of an endpoint's task.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+import sys
+from collections.abc import Mapping
+from typing import Any, Final, TextIO
+
+import structlog
+from structlog.typing import EventDict, ExcInfo, Processor, WrappedLogger
+
+
+__all__ = ["configure_logging", "redact", "redact_text", "SENSITIVE_KEYS"]
+
+MASK: Final = "***"
+
+SENSITIVE_KEYS: Final = frozenset(
+    {
+        "access_token",
+        "refresh_token",
+        "id_token",
+        "client_secret",
+        "client_assertion",
+        "assertion",
+        "password",
+        "passwd",
+        "authorization",
+        "proxy_authorization",
+        "cookie",
+        "set_cookie",
+        "token",
+        "secret",
+        "private_key",
+        "api_key",
+    }
+)
+
+# scheme://user:password@host -> scheme://user:***@host (the user name is not a secret).
+_URL_CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://[^\s/:@]*:)[^\s@/]*@")
+# "Bearer <token>" in free text (an Authorization header echoed in an error message).
+_BEARER = re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9\-._~+/]+=*")
+
+# Libraries whose stdlib logs we route; their own levels stay as they are except these.
+_QUIET: Final = {"aiohttp.access": logging.WARNING}
+
+
+def redact_text(text: str) -> str:
+    """Mask URL passwords and bearer tokens inside a free-text string."""
+    if "://" in text:
+        text = _URL_CREDENTIALS.sub(rf"\1{MASK}@", text)
+    if "earer" in text:
+        text = _BEARER.sub(rf"\1{MASK}", text)
+    return text
+
+
+def _is_sensitive(key: Any) -> bool:
+    return isinstance(key, str) and key.lower().replace("-", "_") in SENSITIVE_KEYS
+
+
+def _redact_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, Mapping):
+        return {k: MASK if _is_sensitive(k) else _redact_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_redact_value(v) for v in value]
+    # SecretStr and friends render masked by their own repr; other objects are left as they are.
+    return value
+
+
+def redact(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+    """structlog processor: mask sensitive keys anywhere nested, and credentials in strings."""
+    for key, value in event_dict.items():
+        if _is_sensitive(key):
+            event_dict[key] = MASK
+        elif isinstance(value, str | Mapping | list | tuple | set | frozenset):
+            event_dict[key] = _redact_value(value)
+    return event_dict
+
+
+class _BridgeHandler(logging.StreamHandler[TextIO]):
+    """Our root handler, marked so a second configure_logging() replaces it."""
+
+
+def _redacting_traceback(sio: TextIO, exc_info: ExcInfo) -> None:
+    # Console renderer: plain traceback, masked (exception messages may carry URLs).
+    buf = io.StringIO()
+    structlog.dev.plain_traceback(buf, exc_info)
+    sio.write(redact_text(buf.getvalue()))
+
+
+def configure_logging(level: str = "INFO", fmt: str = "auto", stream: TextIO | None = None) -> None:
+    """Configure structlog and the stdlib root logger.
+
+    ``fmt``: ``json``, ``console`` or ``auto`` (console on a TTY, JSON otherwise).
+    ``stream`` defaults to ``sys.stdout``. Safe to call again (replaces the handler).
+    """
+    out = sys.stdout if stream is None else stream
+    if fmt == "auto":
+        fmt = "console" if out.isatty() else "json"
+
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.stdlib.PositionalArgumentsFormatter(),
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    renderer: Processor
+    if fmt == "json":
+        shared += [structlog.processors.format_exc_info, redact]
+        renderer = structlog.processors.JSONRenderer()
+    else:
+        shared.append(redact)
+        renderer = structlog.dev.ConsoleRenderer(exception_formatter=_redacting_traceback)
+
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *shared,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+    )
+    handler = _BridgeHandler(out)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _BridgeHandler)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    for name, quiet_level in _QUIET.items():
+        logging.getLogger(name).setLevel(quiet_level)
