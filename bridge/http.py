@@ -14,13 +14,15 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
+from bridge.logging import redact_data
+
 
 __all__ = ["create_app", "start_http_server", "bound_port", "ReadyCheck", "StatusSource"]
 
 ReadyCheck = Callable[[], "bool | tuple[bool, str]"]
 """Returns True when ready, or (ready, reason) to say why not."""
 StatusSource = Callable[[], Mapping[str, Any]]
-"""Returns JSON-serialisable status (already free of secrets)."""
+"""Returns JSON-serialisable status; it is passed through ``redact_data`` before serving."""
 
 
 def _dumps(value: Any) -> str:
@@ -51,7 +53,9 @@ def create_app(
         return web.json_response({"status": "not ready", "reason": reason}, status=503)
 
     async def status_handler(_request: web.Request) -> web.Response:
-        return web.json_response(dict(status()) if status is not None else {}, dumps=_dumps)
+        # Redacted again here: a last error message may quote a URL with credentials.
+        body = redact_data(dict(status())) if status is not None else {}
+        return web.json_response(body, dumps=_dumps)
 
     app = web.Application()
     app.router.add_get("/metrics", make_aiohttp_handler(registry))

@@ -19,7 +19,7 @@ import structlog
 from structlog.typing import EventDict, ExcInfo, Processor, WrappedLogger
 
 
-__all__ = ["configure_logging", "redact", "redact_text", "SENSITIVE_KEYS"]
+__all__ = ["configure_logging", "redact", "redact_data", "redact_text", "SENSITIVE_KEYS"]
 
 MASK: Final = "***"
 
@@ -66,13 +66,15 @@ def _is_sensitive(key: Any) -> bool:
     return isinstance(key, str) and key.lower().replace("-", "_") in SENSITIVE_KEYS
 
 
-def _redact_value(value: Any) -> Any:
+def redact_data(value: Any) -> Any:
+    """A copy of ``value`` with sensitive keys masked at any depth and URL/bearer credentials
+    masked in strings (for log fields, ``/status`` and anything else shown to people)."""
     if isinstance(value, str):
         return redact_text(value)
     if isinstance(value, Mapping):
-        return {k: MASK if _is_sensitive(k) else _redact_value(v) for k, v in value.items()}
+        return {k: MASK if _is_sensitive(k) else redact_data(v) for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
-        return [_redact_value(v) for v in value]
+        return [redact_data(v) for v in value]
     # SecretStr and friends render masked by their own repr; other objects are left as they are.
     return value
 
@@ -83,7 +85,7 @@ def redact(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> Event
         if _is_sensitive(key):
             event_dict[key] = MASK
         elif isinstance(value, str | Mapping | list | tuple | set | frozenset):
-            event_dict[key] = _redact_value(value)
+            event_dict[key] = redact_data(value)
     return event_dict
 
 

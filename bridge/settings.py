@@ -135,8 +135,11 @@ def _replay_alias(value: Any) -> Any:
     return aliases.get(key, key) if isinstance(key, str) else key
 
 
-def _upper(value: Any) -> Any:
-    return value.strip().upper() if isinstance(value, str) else value
+def _log_level(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    level = value.strip().upper()
+    return "WARNING" if level == "WARN" else level
 
 
 def _read_secret_file(path: Any) -> SecretStr:
@@ -401,7 +404,7 @@ class Settings(BaseSettings):
     http_host: str = "0.0.0.0"  # reachable from outside a container
     http_port: int = Field(default=8080, ge=0, le=65535)
     log_level: Annotated[
-        Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], BeforeValidator(_upper)
+        Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], BeforeValidator(_log_level)
     ] = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"
     state_dir: Path = Path("./state")
@@ -453,6 +456,10 @@ class ConfigError(Exception):
     def __init__(self, problems: list[tuple[str, str]]) -> None:
         self.problems = problems
         super().__init__("; ".join(f"{var}: {reason}" for var, reason in problems))
+
+    def render(self) -> str:
+        """One line per problem, ``VARIABLE: reason``, for stderr at start (exit code 2)."""
+        return "\n".join(f"{var}: {reason}" for var, reason in self.problems)
 
 
 def load_settings(

@@ -107,6 +107,24 @@ async def test_status(serve: Callable[..., Any], client: aiohttp.ClientSession) 
         assert await resp.json() == {}
 
 
+async def test_status_is_redacted(serve: Callable[..., Any], client: aiohttp.ClientSession) -> None:
+    secret = "pw-0123456789"
+
+    def status() -> Mapping[str, Any]:
+        return {
+            "orders": {
+                "last_error": f"cannot connect to amqp://bridge:{secret}@rabbit/",
+                "auth": {"access_token": secret},
+            }
+        }
+
+    base, _ = await serve(status=status)
+    async with client.get(f"{base}/status") as resp:
+        text = await resp.text()
+    assert secret not in text
+    assert "amqp://bridge:***@rabbit/" in text
+
+
 async def test_port_in_use_raises_and_cleans_up(serve: Callable[..., Any]) -> None:
     base, _ = await serve()
     port = int(base.rsplit(":", 1)[1])

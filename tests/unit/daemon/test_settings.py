@@ -368,6 +368,19 @@ def test_several_problems_are_all_reported() -> None:
     }
 
 
+def test_render_is_one_line_per_problem() -> None:
+    env = endpoints() | {"BRIDGE_HTTP_PORT": "x", "BRIDGE_LOG_FORMAT": "xml"}
+    with pytest.raises(ConfigError) as info:
+        load(env)
+    lines = info.value.render().splitlines()
+    assert sorted(line.split(":")[0] for line in lines) == ["BRIDGE_HTTP_PORT", "BRIDGE_LOG_FORMAT"]
+
+
+@pytest.mark.parametrize(("given", "expected"), [("debug", "DEBUG"), ("warn", "WARNING")])
+def test_log_level_is_case_insensitive(given: str, expected: str) -> None:
+    assert load(endpoints() | {"BRIDGE_LOG_LEVEL": given}).log_level == expected
+
+
 def test_unknown_variables_are_listed_for_a_warning() -> None:
     env = endpoints() | {"BRIDGE_HTTP_PROT": "1", "BRIDGE_AMQP_URL_FILE": "/x", "PATH": "/bin"}
     assert unknown_variables(env) == ["BRIDGE_HTTP_PROT"]
