@@ -10,6 +10,7 @@ The names are the ones aiocometd users already know (``aiocometd.exceptions``), 
     │   ├── TransportInvalidOperation     operation not allowed in the transport's state
     │   ├── TransportTimeoutError         a deadline passed (also: connection_timeout)
     │   ├── TransportConnectionClosed     the connection broke or could not be made
+    │   │   └── WebSocketUpgradeRefused   the server refused the WebSocket upgrade
     │   ├── HTTPStatusError               the server answered with a non-200 status
     │   └── MalformedResponseError        the body is not JSON / not Bayeux / over a size cap
     └── ServerError                       the server answered ``successful: false``
@@ -30,6 +31,7 @@ __all__ = [
     "TransportInvalidOperation",
     "TransportTimeoutError",
     "TransportConnectionClosed",
+    "WebSocketUpgradeRefused",
     "HTTPStatusError",
     "MalformedResponseError",
     "ServerError",
@@ -66,6 +68,10 @@ class TransportTimeoutError(TransportError):
 
 class TransportConnectionClosed(TransportError):
     """The connection to the server broke or could not be established."""
+
+
+class WebSocketUpgradeRefused(TransportConnectionClosed):
+    """The server refused the WebSocket upgrade (the client may fall back to long-polling)."""
 
 
 class HTTPStatusError(TransportError):

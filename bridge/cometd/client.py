@@ -1,0 +1,759 @@
+"""The CometD client: aiocometd's documented API on a sans-I/O core and thin transports."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+from collections import deque
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from dataclasses import replace
+from enum import StrEnum
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+
+from .events import (
+    AuthFailed,
+    ClientEvent,
+    Connected,
+    FetchPaused,
+    FetchResumed,
+    Handshaken,
+    Listener,
+    MessageSkipped,
+    Reconnecting,
+    ServerClosed,
+    SubscriptionFailed,
+)
+from .exceptions import (
+    ClientError,
+    ClientInvalidOperation,
+    CometdError,
+    HTTPStatusError,
+    MalformedResponseError,
+    ServerError,
+    TransportError,
+    TransportTimeoutError,
+    WebSocketUpgradeRefused,
+)
+from .extensions import AuthExtension, Extension
+from .protocol import (
+    META_DISCONNECT,
+    POLL,
+    Action,
+    Advice,
+    Backoff,
+    ConnectionType,
+    Decision,
+    FailureKind,
+    Message,
+    MessageFactory,
+    classify_failure,
+    decide_connect,
+    decide_handshake,
+    decide_transport_error,
+    is_event,
+    validate_channel,
+)
+from .transports import Transport, TransportConfig, TransportHooks, create_transport
+
+
+__all__ = ["Client", "ClientState", "DEFAULT_MAX_MESSAGE_SIZE", "DEFAULT_MAX_RESPONSE_SIZE"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_MESSAGE_SIZE = 4 * 1024 * 1024
+DEFAULT_MAX_RESPONSE_SIZE = 32 * 1024 * 1024
+_CLOSED_BY_SERVER = "Connection closed by the server"
+
+
+class ClientState(StrEnum):
+    """Where the client is in its life (``Client.state``)."""
+
+    IDLE = "idle"
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    RECONNECTING = "reconnecting"
+    PAUSED = "paused"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+def _reason_of(exc: TransportError) -> str:
+    if isinstance(exc, TransportTimeoutError):
+        return "timeout"
+    if isinstance(exc, HTTPStatusError):
+        return "http_error"
+    if isinstance(exc, MalformedResponseError):
+        return "malformed"
+    return "network"
+
+
+def _connection_types(value: object) -> list[ConnectionType]:
+    if value is None:
+        return [ConnectionType.WEBSOCKET, ConnectionType.LONG_POLLING]
+    if isinstance(value, str):
+        return [ConnectionType(value)]
+    if isinstance(value, Sequence):
+        types = [ConnectionType(item) for item in value]
+        if types:
+            return list(dict.fromkeys(types))
+    raise ValueError(f"connection_types must be a ConnectionType or a non-empty list: {value!r}")
+
+
+class Client:
+    """A CometD client that keeps a session open in the background.
+
+    Messages are fetched before :meth:`receive` is called. Fetching (sending the next
+    ``/meta/connect``) stops while ``pending_count >= max_pending_count`` and resumes when the
+    consumer makes room (``FetchPaused``/``FetchResumed`` events, ``state == "paused"``).
+    A response already received is always accepted whole, so nothing is ever dropped:
+    ``pending_count`` may exceed ``max_pending_count`` by the size of one response (on
+    WebSocket, also by events the server pushes outside ``/meta/connect`` replies). A session
+    that expired while paused is re-handshaken (reason ``buffer_full``) and resubscribed.
+    ``max_pending_count <= 0`` means unbounded.
+
+    Network failures are repaired transparently (reconnect, re-handshake, resubscribe). If
+    the connection cannot be restored for ``connection_timeout`` seconds, :meth:`receive`
+    raises :class:`TransportTimeoutError` while the client keeps trying (``None``: forever).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        connection_types: ConnectionType | Sequence[ConnectionType] | None = None,
+        *,
+        connection_timeout: float | None = 10.0,
+        max_pending_count: int = 100,
+        extensions: Sequence[Extension] | None = None,
+        auth: AuthExtension | None = None,
+        ssl: Any = None,
+        headers: Mapping[str, str] | None = None,
+        json_dumps: Callable[[Any], str] = json.dumps,
+        json_loads: Callable[[str], Any] = json.loads,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        max_response_size: int = DEFAULT_MAX_RESPONSE_SIZE,
+        listener: Listener | None = None,
+        network_delay: float = 10.0,
+        heartbeat: float = 15.0,
+        backoff: Backoff | None = None,
+        rnd: Callable[[], float] = random.random,
+    ) -> None:
+        self.url = url
+        self.connection_timeout = connection_timeout
+        self.extensions: list[Extension] = list(extensions or [])
+        self.auth = auth
+        self.ssl = ssl
+        self._connection_types = _connection_types(connection_types)
+        self._max_pending = max_pending_count
+        self._headers = dict(headers or {})
+        self._json_dumps = json_dumps
+        self._json_loads = json_loads
+        self._max_message_size = max_message_size
+        self._max_response_size = max_response_size
+        self._listener = listener
+        self._network_delay = network_delay
+        self._heartbeat = heartbeat
+        self._backoff = backoff or Backoff()
+        self._rnd = rnd
+
+        self._factory = MessageFactory()
+        self._advice = Advice()
+        self._state = ClientState.IDLE
+        self._closed = True
+        self._session: aiohttp.ClientSession | None = None
+        self._transports: dict[ConnectionType, Transport] = {}
+        self._transport: Transport | None = None
+        self._websocket_refused = False
+        self._subscriptions: dict[str, None] = {}  # an ordered set
+        self._buffer: deque[Message] = deque()
+        self._errors: deque[CometdError] = deque()
+        self._fatal: CometdError | None = None
+        self._wakeup = asyncio.Event()
+        self._room = asyncio.Event()
+        self._fetch_paused = False
+        self._paused_since_connect = False
+        self._first_connect = True
+        self._attempt = 0
+        self._unconnected_since: float | None = None
+        self._last_connected = 0.0
+        self._auth_lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+
+    # -- public properties -------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        """True before :meth:`open` and after :meth:`close`."""
+        return self._closed
+
+    @property
+    def subscriptions(self) -> set[str]:
+        """The channels currently subscribed to."""
+        return set(self._subscriptions)
+
+    @property
+    def connection_type(self) -> ConnectionType | None:
+        """The negotiated transport, or None before the first handshake."""
+        return self._transport.connection_type if self._transport else None
+
+    @property
+    def pending_count(self) -> int:
+        """Messages received and not yet returned by :meth:`receive` (exact)."""
+        return len(self._buffer)
+
+    @property
+    def has_pending_messages(self) -> bool:
+        return bool(self._buffer)
+
+    @property
+    def client_id(self) -> str | None:
+        """The server's id for the current session, or None."""
+        return self._factory.client_id
+
+    @property
+    def state(self) -> ClientState:
+        return self._state
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Handshake, negotiate the transport, connect, and start fetching in the background.
+
+        Raises TransportError (network), ServerError (refused) or ClientError (no common
+        connection type) if the first session cannot be established.
+        """
+        if not self._closed:
+            raise ClientInvalidOperation("Client is already open.")
+        self._reset()
+        self._closed = False
+        self._state = ClientState.CONNECTING
+        self._session = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+        try:
+            reply = await self._handshake()
+            if reply.get("successful") is not True and self._is_auth_failure(reply):
+                self._emit(AuthFailed(reply.get("error")))
+                await self._authenticate()
+                reply = await self._handshake()
+            if reply.get("successful") is not True:
+                raise ServerError("Handshake request failed.", reply)
+            await self._accept_handshake(reply)
+            reply = await self._connect()
+            if reply.get("successful") is not True:
+                raise ServerError("Connect request failed.", reply)
+            self._advice = self._advice.merge(reply.get("advice"), self._transport_type())
+            decision = self._decide_connect(reply)
+            self._on_connected()
+            if decision.action is Action.CLOSE:
+                self._set_fatal(ServerError(_CLOSED_BY_SERVER, reply))
+        except BaseException:
+            await self._teardown()
+            raise
+        self._task = asyncio.create_task(self._run(decision), name=f"cometd-client {self.url}")
+
+    async def close(self) -> None:
+        """Disconnect politely (if connected) and release every resource. Idempotent."""
+        if self._closed:
+            return
+        self._state = ClientState.CLOSING
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait({task})
+        if self._fatal is None and self._factory.client_id is not None and self._transport:
+            message = self._factory.disconnect()
+            with contextlib.suppress(CometdError):
+                await self._send([message], min(self._network_delay, 2.0))
+        if self._buffer:
+            log.warning("closing CometD client with %d pending messages", len(self._buffer))
+        await self._teardown()
+
+    async def __aenter__(self) -> Client:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- application API ---------------------------------------------------------------------
+
+    async def subscribe(self, channel: str) -> None:
+        """Subscribe to ``channel``; raise ServerError if the server refuses."""
+        self._check_open()
+        validate_channel(channel, subscribe=True)
+        message = self._factory.subscribe(channel)
+        reply = await self._request(message)
+        if reply.get("successful") is not True:
+            self._emit(SubscriptionFailed(channel, reply.get("error")))
+            raise ServerError("Subscribe request failed.", reply)
+        self._subscriptions[channel] = None
+
+    async def unsubscribe(self, channel: str) -> None:
+        """Unsubscribe from ``channel``; raise ServerError if the server refuses."""
+        self._check_open()
+        validate_channel(channel, subscribe=True)
+        message = self._factory.unsubscribe(channel)
+        reply = await self._request(message)
+        if reply.get("successful") is not True:
+            raise ServerError("Unsubscribe request failed.", reply)
+        self._subscriptions.pop(channel, None)
+
+    async def publish(self, channel: str, data: object) -> Message:
+        """Publish ``data`` to ``channel`` and return the server's reply."""
+        self._check_open()
+        validate_channel(channel)
+        message = self._factory.publish(channel, data)
+        reply = await self._request(message)
+        if reply.get("successful") is False:
+            raise ServerError("Publish request failed.", reply)
+        return reply
+
+    async def receive(self) -> Message:
+        """Return the next message, waiting for one.
+
+        Raises ServerError for a failed resubscription or a session closed by the server,
+        TransportTimeoutError after ``connection_timeout`` without a connection, and
+        ClientInvalidOperation once closed with nothing left to return.
+        """
+        while True:
+            if self._buffer and not self._errors:
+                message = self._buffer.popleft()
+                if self._fetch_paused and len(self._buffer) < self._max_pending:
+                    self._room.set()
+                return message
+            await self._wait_for_message()
+
+    async def receive_many(self, limit: int) -> list[Message]:
+        """Return between 1 and ``limit`` messages, waiting for at least one."""
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        while True:
+            if self._buffer and not self._errors:
+                buffer = self._buffer
+                count = min(limit, len(buffer))
+                messages = [buffer.popleft() for _ in range(count)]
+                if self._fetch_paused and len(buffer) < self._max_pending:
+                    self._room.set()
+                return messages
+            await self._wait_for_message()
+
+    def __aiter__(self) -> Client:
+        return self
+
+    async def __anext__(self) -> Message:
+        try:
+            return await self.receive()
+        except ClientInvalidOperation:
+            raise StopAsyncIteration from None
+
+    # -- receive helpers ---------------------------------------------------------------------
+
+    async def _wait_for_message(self) -> None:
+        # Order: failed resubscriptions first (urgent, nothing is lost by raising them), then
+        # buffered messages, then the end of the session.
+        if self._errors:
+            raise self._errors.popleft()
+        if self._buffer:
+            return
+        if self._fatal is not None:
+            # Raised once; afterwards the closed client says ClientInvalidOperation.
+            fatal, self._fatal = self._fatal, None
+            await self.close()
+            raise fatal
+        if self._closed:
+            raise ClientInvalidOperation("The client is closed and there are no pending messages.")
+        timeout = None
+        if self.connection_timeout is not None and self._unconnected_since is not None:
+            remaining = self._unconnected_since + self.connection_timeout - self._now()
+            if remaining <= 0:
+                raise TransportTimeoutError(
+                    f"Lost connection with the server; not restored in {self.connection_timeout}s."
+                )
+            timeout = remaining
+        self._wakeup.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._wakeup.wait()
+
+    # -- background loop ---------------------------------------------------------------------
+
+    async def _run(self, decision: Decision) -> None:
+        error: str | None = None
+        try:
+            while self._fatal is None:
+                if decision.action is Action.CLOSE:
+                    break
+                if decision.reason is not None:
+                    self._emit(Reconnecting(decision.reason, decision.delay, error))
+                if decision.delay > 0:
+                    await asyncio.sleep(decision.delay)  # backoff, not synchronisation
+                if decision.authenticate:
+                    await self._authenticate()
+                if decision.action is Action.HANDSHAKE:
+                    decision, error = await self._handshake_step()
+                    continue
+                resume = await self._wait_for_room()
+                if resume is not None:
+                    decision, error = resume, None
+                    continue
+                decision, error = await self._connect_step()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug or an extension's failure: report, never vanish
+            log.exception("CometD client task failed")
+            self._set_fatal(ClientError(f"CometD client task failed: {exc!r}"))
+
+    async def _handshake_step(self) -> tuple[Decision, str | None]:
+        self._state = ClientState.RECONNECTING
+        self._mark_unconnected()
+        try:
+            reply = await self._handshake()
+        except TransportError as exc:
+            return self._transport_failure(exc, handshaking=True), str(exc)
+        if reply.get("successful") is not True:
+            self._advice = self._advice.merge(reply.get("advice"))
+            if self._is_auth_failure(reply):
+                self._emit(AuthFailed(reply.get("error")))
+            decision = decide_handshake(
+                reply,
+                self._advice,
+                attempt=self._next_attempt(),
+                rnd=self._rnd,
+                has_auth=self.auth is not None,
+                backoff=self._backoff,
+            )
+            if decision.action is Action.CLOSE:
+                self._set_fatal(ServerError(_CLOSED_BY_SERVER, reply))
+            return decision, reply.get("error")
+        try:
+            await self._accept_handshake(reply)
+            await self._resubscribe()
+        except ClientError as exc:
+            self._set_fatal(exc)
+            return Decision(Action.CLOSE), str(exc)
+        except TransportError as exc:
+            return self._transport_failure(exc, handshaking=True), str(exc)
+        return POLL, None
+
+    async def _connect_step(self) -> tuple[Decision, str | None]:
+        try:
+            reply = await self._connect()
+        except TransportError as exc:
+            self._state = ClientState.RECONNECTING
+            self._mark_unconnected()
+            return self._transport_failure(exc, handshaking=False), str(exc)
+        self._advice = self._advice.merge(reply.get("advice"), self._transport_type())
+        successful = reply.get("successful") is True
+        if not successful:
+            self._state = ClientState.RECONNECTING
+            self._mark_unconnected()
+            if self._is_auth_failure(reply):
+                self._emit(AuthFailed(reply.get("error")))
+        decision = self._decide_connect(reply)
+        if successful:
+            self._on_connected()
+        elif decision.reason == "unknown_session" and self._paused_since_connect:
+            # The session expired because we stopped fetching while the buffer was full.
+            decision = replace(decision, reason="buffer_full")
+        if decision.action is Action.CLOSE:
+            self._set_fatal(ServerError(_CLOSED_BY_SERVER, reply))
+        return decision, reply.get("error")
+
+    def _decide_connect(self, reply: Message) -> Decision:
+        successful = reply.get("successful") is True
+        return decide_connect(
+            reply,
+            self._advice,
+            attempt=0 if successful else self._next_attempt(),
+            rnd=self._rnd,
+            now=self._now(),
+            unconnected_since=self._unconnected_since,
+            has_auth=self.auth is not None,
+            backoff=self._backoff,
+        )
+
+    def _transport_failure(self, exc: TransportError, *, handshaking: bool) -> Decision:
+        self._first_connect = True
+        return decide_transport_error(
+            _reason_of(exc),
+            self._advice,
+            attempt=self._next_attempt(),
+            rnd=self._rnd,
+            now=self._now(),
+            unconnected_since=self._unconnected_since,
+            handshaking=handshaking,
+            backoff=self._backoff,
+        )
+
+    async def _wait_for_room(self) -> Decision | None:
+        """Back-pressure: hold the next /meta/connect while the buffer is full."""
+        if self._max_pending <= 0 or len(self._buffer) < self._max_pending:
+            return None
+        self._fetch_paused = True
+        self._paused_since_connect = True
+        self._state = ClientState.PAUSED
+        self._emit(FetchPaused(len(self._buffer)))
+        while len(self._buffer) >= self._max_pending:
+            self._room.clear()
+            await self._room.wait()
+        self._fetch_paused = False
+        self._state = ClientState.CONNECTED
+        self._emit(FetchResumed(len(self._buffer)))
+        if self._now() - self._last_connected > self._advice.session_expiry:
+            self._mark_unconnected()
+            return Decision(Action.HANDSHAKE, 0.0, "buffer_full")
+        return None
+
+    # -- protocol steps ----------------------------------------------------------------------
+
+    async def _handshake(self) -> Message:
+        types = [t.value for t in self._connection_types]
+        if ConnectionType.LONG_POLLING.value not in types:
+            # The handshake itself always goes over long-polling (every server has it).
+            types.append(ConnectionType.LONG_POLLING.value)
+        message = self._factory.handshake(types, self._advice.timeout)
+        transport = self._get_transport(ConnectionType.LONG_POLLING)
+        replies = await transport.send([message], deadline=self._network_delay)
+        reply = replies.get(message["id"])
+        if reply is None:
+            raise MalformedResponseError("no reply to /meta/handshake")
+        return reply
+
+    async def _accept_handshake(self, reply: Message) -> None:
+        client_id = reply.get("clientId")
+        if not isinstance(client_id, str) or not client_id:
+            raise MalformedResponseError("handshake reply without clientId")
+        offered = reply.get("supportedConnectionTypes")
+        server_types = (
+            [t for t in offered if isinstance(t, str)]
+            if isinstance(offered, list)
+            else [ConnectionType.LONG_POLLING.value]
+        )
+        allowed = [
+            t
+            for t in self._connection_types
+            if not (t is ConnectionType.WEBSOCKET and self._websocket_refused)
+        ]
+        chosen = next((t for t in allowed if t.value in server_types), None)
+        if chosen is None:
+            raise ClientError(
+                "None of the connection types offered by the server "
+                f"{server_types} are allowed by the client {[t.value for t in allowed]}."
+            )
+        self._factory.client_id = client_id
+        self._advice = self._advice.merge(reply.get("advice"), chosen.value)
+        self._transport = self._get_transport(chosen)
+        self._first_connect = True
+        self._emit(Handshaken(client_id, chosen.value))
+
+    async def _resubscribe(self) -> None:
+        channels = list(self._subscriptions)
+        if not channels:
+            return
+        messages = [self._factory.subscribe(channel) for channel in channels]
+        replies = await self._send(messages, self._network_delay)
+        for channel, message in zip(channels, messages, strict=True):
+            reply = replies.get(message["id"])
+            if reply is not None and reply.get("successful") is True:
+                continue
+            # Never dropped silently (aiocometd D6): raised from receive() and reported.
+            self._subscriptions.pop(channel, None)
+            response = reply or {"channel": message["channel"], "subscription": channel}
+            error = response.get("error")
+            self._emit(SubscriptionFailed(channel, error if isinstance(error, str) else None))
+            self._errors.append(ServerError(f"Resubscription to {channel} failed.", response))
+            self._wakeup.set()
+
+    async def _connect(self) -> Message:
+        transport = self._require_transport()
+        first = self._first_connect
+        message = self._factory.connect(transport.connection_type.value, first=first)
+        # The poll deadline is always the server's hold time plus a network allowance, even
+        # when the last advice carried no timeout (aiocometd D3).
+        deadline = (0.0 if first else self._advice.timeout) + self._network_delay
+        replies = await self._send([message], deadline)
+        reply = replies.get(message["id"])
+        if reply is None:
+            raise MalformedResponseError("no reply to /meta/connect")
+        return reply
+
+    async def _request(self, message: Message) -> Message:
+        replies = await self._send([message], self._network_delay)
+        reply = replies.get(message["id"])
+        if reply is None:
+            raise MalformedResponseError(f"no reply to {message['channel']}")
+        return reply
+
+    async def _send(self, payload: list[Message], deadline: float) -> dict[str, Message]:
+        transport = self._require_transport()
+        try:
+            return await transport.send(payload, deadline=deadline)
+        except WebSocketUpgradeRefused as exc:
+            if ConnectionType.LONG_POLLING not in self._connection_types:
+                raise
+            # Sticky fallback: this client stays on long-polling from now on.
+            self._websocket_refused = True
+            fallback = self._get_transport(ConnectionType.LONG_POLLING)
+            self._transport = fallback
+            self._emit(Reconnecting("transport_fallback", 0.0, str(exc)))
+            for message in payload:
+                if "connectionType" in message:
+                    message["connectionType"] = fallback.connection_type.value
+            return await fallback.send(payload, deadline=deadline)
+
+    async def _authenticate(self) -> None:
+        if self.auth is None:
+            return
+        async with self._auth_lock:
+            try:
+                await self.auth.authenticate()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the next handshake fails and backs off again
+                log.warning("authenticate() failed: %r", exc)
+                self._emit(AuthFailed(repr(exc)))
+
+    # -- transport hooks ---------------------------------------------------------------------
+
+    async def _outgoing(self, payload: list[Message], headers: MutableMapping[str, str]) -> None:
+        for extension in self.extensions:
+            await extension.outgoing(payload, headers)
+        if self.auth is not None:
+            await self.auth.outgoing(payload, headers)
+
+    async def _incoming(self, payload: list[Message], headers: Mapping[str, str] | None) -> None:
+        if self.auth is not None:
+            await self.auth.incoming(payload, headers)
+        for extension in self.extensions:
+            await extension.incoming(payload, headers)
+
+    def _deliver(self, messages: list[Message]) -> None:
+        """Take events (and unsolicited replies) the transport did not match to a request."""
+        buffer = self._buffer
+        before = len(buffer)
+        for message in messages:
+            if is_event(message):
+                buffer.append(message)
+            elif message.get("channel") == META_DISCONNECT and self._state not in (
+                ClientState.CLOSING,
+                ClientState.CLOSED,
+            ):
+                # Server-side close (aiocometd D5 dropped it).
+                self._set_fatal(ServerError(_CLOSED_BY_SERVER, message))
+            # Anything else is a stale or unsolicited reply: discarded.
+        if len(buffer) != before:
+            self._wakeup.set()
+
+    def _on_skipped(self, reason: str, detail: str) -> None:
+        log.warning("skipped a server message (%s): %s", reason, detail)
+        self._emit(MessageSkipped(reason, detail))
+
+    # -- small helpers -----------------------------------------------------------------------
+
+    def _get_transport(self, connection_type: ConnectionType) -> Transport:
+        transport = self._transports.get(connection_type)
+        if transport is None:
+            if self._session is None:
+                raise ClientInvalidOperation("The client is not open.")
+            config = TransportConfig(
+                url=self.url,
+                session=self._session,
+                json_dumps=self._json_dumps,
+                json_loads=self._json_loads,
+                max_message_size=self._max_message_size,
+                max_response_size=self._max_response_size,
+                network_delay=self._network_delay,
+                heartbeat=self._heartbeat,
+                headers=self._headers,
+                ssl=True if self.ssl is None else self.ssl,
+            )
+            hooks = TransportHooks(self._outgoing, self._incoming, self._deliver, self._on_skipped)
+            transport = create_transport(connection_type, config, hooks)
+            self._transports[connection_type] = transport
+        return transport
+
+    def _require_transport(self) -> Transport:
+        if self._transport is None:
+            raise ClientInvalidOperation("The client is not connected.")
+        return self._transport
+
+    def _transport_type(self) -> str | None:
+        return self._transport.connection_type.value if self._transport else None
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClientInvalidOperation("The client is closed.")
+
+    def _is_auth_failure(self, reply: Message) -> bool:
+        return classify_failure(reply) is FailureKind.AUTH
+
+    def _now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def _next_attempt(self) -> int:
+        attempt = self._attempt
+        self._attempt += 1
+        return attempt
+
+    def _mark_unconnected(self) -> None:
+        if self._unconnected_since is None:
+            self._unconnected_since = self._now()
+
+    def _on_connected(self) -> None:
+        self._attempt = 0
+        self._first_connect = False
+        self._unconnected_since = None
+        self._paused_since_connect = False
+        self._last_connected = self._now()
+        if self._state is not ClientState.CONNECTED:
+            self._state = ClientState.CONNECTED
+            self._emit(Connected())
+
+    def _set_fatal(self, error: CometdError) -> None:
+        if self._fatal is None:
+            self._fatal = error
+            if isinstance(error, ServerError):
+                self._emit(ServerClosed(error.error))
+        self._wakeup.set()
+
+    def _emit(self, event: ClientEvent) -> None:
+        if self._listener is None:
+            return
+        try:
+            self._listener(event)
+        except Exception:  # a listener bug must never kill the client
+            log.exception("CometD client listener failed on %r", event)
+
+    def _reset(self) -> None:
+        self._fatal = None
+        self._errors.clear()
+        self._advice = Advice()
+        self._factory.client_id = None
+        self._first_connect = True
+        self._attempt = 0
+        self._unconnected_since = None
+        self._fetch_paused = False
+        self._paused_since_connect = False
+
+    async def _teardown(self) -> None:
+        for transport in self._transports.values():
+            with contextlib.suppress(Exception):
+                await transport.close()
+        self._transports.clear()
+        self._transport = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        self._closed = True
+        self._state = ClientState.CLOSED
+        self._room.set()
+        self._wakeup.set()

@@ -1,0 +1,189 @@
+"""WebSocket over aiohttp ``ws_connect``: one socket, replies matched by id, pushes any time.
+
+Each sent message that has an id waits for its reply with its own deadline; a reply without
+id takes the oldest waiting message of the same channel (D9). Messages that match nothing
+(events, server pushes, stale replies) go to ``hooks.on_messages``. Liveness comes from
+aiohttp's heartbeat (ping, and close when no pong arrives). Headers set by extensions are
+applied on every upgrade, and the client session's cookie jar is sent with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import ClassVar
+
+import aiohttp
+
+from ..exceptions import (
+    MalformedResponseError,
+    TransportConnectionClosed,
+    TransportTimeoutError,
+    WebSocketUpgradeRefused,
+)
+from ..protocol import META_CONNECT, ConnectionType, Message, is_event
+from .base import (
+    Transport,
+    TransportConfig,
+    TransportHooks,
+    cancel_quietly,
+    decode_payload,
+    map_exceptions,
+)
+
+
+__all__ = ["WebSocketTransport"]
+
+log = logging.getLogger(__name__)
+
+
+class WebSocketTransport(Transport):
+    """One socket per client; reopened lazily (with fresh headers) after it closes."""
+
+    connection_type: ClassVar[ConnectionType] = ConnectionType.WEBSOCKET
+
+    def __init__(self, config: TransportConfig, hooks: TransportHooks) -> None:
+        super().__init__(config, hooks)
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._reader: asyncio.Task[None] | None = None
+        # id -> (channel, future); insertion order is send order (for id-less replies).
+        self._waiting: dict[str, tuple[str, asyncio.Future[Message]]] = {}
+        self._open_lock = asyncio.Lock()
+
+    async def send(self, payload: list[Message], *, deadline: float) -> dict[str, Message]:
+        headers: dict[str, str] = dict(self.config.headers)
+        await self.hooks.outgoing(payload, headers)
+        ws = await self._socket(headers, deadline)
+        loop = asyncio.get_running_loop()
+        waiting = self._waiting
+        futures: dict[str, asyncio.Future[Message]] = {}
+        for message in payload:
+            mid = message.get("id")
+            if isinstance(mid, str):
+                future: asyncio.Future[Message] = loop.create_future()
+                futures[mid] = future
+                waiting[mid] = (str(message.get("channel")), future)
+        try:
+            with map_exceptions():
+                await ws.send_str(self.config.json_dumps(payload))
+            if futures:
+                done, _ = await asyncio.wait(futures.values(), timeout=deadline)
+                if len(done) != len(futures):
+                    if any(m.get("channel") == META_CONNECT for m in payload):
+                        # A lost poll means a dead socket: close it so everything fails fast.
+                        await self._drop(ws)
+                    raise TransportTimeoutError(f"no reply within {deadline:.1f}s")
+            return {mid: future.result() for mid, future in futures.items()}
+        finally:
+            for mid, future in futures.items():
+                waiting.pop(mid, None)
+                if not future.done():
+                    future.cancel()
+
+    async def _socket(
+        self, headers: dict[str, str], deadline: float
+    ) -> aiohttp.ClientWebSocketResponse:
+        ws = self._ws
+        if ws is not None and not ws.closed:
+            return ws
+        async with self._open_lock:
+            ws = self._ws
+            if ws is not None and not ws.closed:
+                return ws
+            config = self.config
+            try:
+                with map_exceptions():
+                    async with asyncio.timeout(min(deadline, config.network_delay) or None):
+                        ws = await config.session.ws_connect(
+                            config.url,
+                            headers=headers,
+                            ssl=config.ssl,
+                            heartbeat=config.heartbeat,
+                            max_msg_size=config.max_response_size,
+                            autoping=True,
+                        )
+            except WebSocketUpgradeRefused:
+                raise
+            except TransportConnectionClosed as exc:
+                if isinstance(exc.__cause__, aiohttp.WSServerHandshakeError):
+                    raise WebSocketUpgradeRefused(
+                        f"WebSocket upgrade refused: {exc.__cause__}"
+                    ) from exc
+                raise
+            self._ws = ws
+            self._reader = asyncio.create_task(self._read(ws), name="cometd-websocket-reader")
+            return ws
+
+    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        # This task must never die with an exception: every failure ends in _fail_all.
+        try:
+            async for frame in ws:
+                if frame.type is aiohttp.WSMsgType.TEXT:
+                    await self._handle(frame.data)
+                elif frame.type is aiohttp.WSMsgType.BINARY:
+                    self.hooks.on_skipped(
+                        "invalid_json", f"binary frame of {len(frame.data)} bytes"
+                    )
+                elif frame.type is aiohttp.WSMsgType.ERROR:
+                    log.debug("websocket error: %r", ws.exception())
+                    break
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("websocket reader failed")
+        finally:
+            if self._ws is ws:
+                self._ws = None
+            self._fail_all(TransportConnectionClosed("WebSocket closed"))
+
+    async def _handle(self, text: str) -> None:
+        try:
+            messages = decode_payload(text, self.config, self.hooks)
+        except MalformedResponseError as exc:
+            log.debug("skipping websocket frame: %s", exc)
+            return
+        await self.hooks.incoming(messages, None)
+        waiting = self._waiting
+        rest: list[Message] = []
+        for message in messages:
+            if not is_event(message):
+                mid = message.get("id")
+                key = str(mid) if isinstance(mid, str | int) else None
+                if key is None:
+                    channel = message.get("channel")
+                    key = next(
+                        (k for k, (ch, f) in waiting.items() if ch == channel and not f.done()),
+                        None,
+                    )
+                entry = waiting.get(key) if key is not None else None
+                if entry is not None and not entry[1].done():
+                    entry[1].set_result(message)
+                    continue
+            rest.append(message)
+        if rest:
+            self.hooks.on_messages(rest)
+
+    def _fail_all(self, error: Exception) -> None:
+        for _, future in self._waiting.values():
+            if not future.done():
+                future.set_exception(error)
+                # Mark retrieved: a sender that timed out or was cancelled never reads it.
+                future.exception()
+
+    async def _drop(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        if self._ws is ws:
+            self._ws = None
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(ws.close(), self.config.network_delay)
+
+    async def close(self) -> None:
+        ws, reader = self._ws, self._reader
+        self._ws = None
+        if ws is not None:
+            await self._drop(ws)
+        cancel_quietly(reader)
+        if reader is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+        self._fail_all(TransportConnectionClosed("transport closed"))
