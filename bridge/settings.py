@@ -135,6 +135,13 @@ def _replay_alias(value: Any) -> Any:
     return aliases.get(key, key) if isinstance(key, str) else key
 
 
+def _null(value: Any) -> Any:
+    # An env value cannot be JSON null; "null" (or empty) means "none" for optional settings.
+    if isinstance(value, str) and value.strip().lower() in ("", "null", "none"):
+        return None
+    return value
+
+
 def _log_level(value: Any) -> Any:
     if not isinstance(value, str):
         return value
@@ -307,14 +314,15 @@ class Endpoint(_Model):
         list[ConnectionType], BeforeValidator(_split_list), Field(min_length=1)
     ] = ["websocket", "long-polling"]
     """In order of preference."""
-    connection_timeout: PositiveFloat | None = 30.0
+    connection_timeout: Annotated[PositiveFloat | None, BeforeValidator(_null)] = 30.0
+    """Seconds to establish a connection; ``null`` for no limit."""
     max_pending_count: PositiveInt = 1000
     max_pending_bytes: PositiveInt = 16 * 1024 * 1024
     max_inflight: PositiveInt = 512
     exchange: str = "cometd"
     exchange_type: Literal["topic", "direct", "fanout", "headers"] = "topic"
     routing_key: Annotated[str, AfterValidator(_check_routing_key)] = "{channel}"
-    alternate_exchange: str | None = None
+    alternate_exchange: Annotated[str | None, BeforeValidator(_null)] = None
     headers: dict[str, str] = {}
     """Extra HTTP headers sent to the CometD server."""
     replay: Annotated[Literal["off", "new", "all", "stored"], BeforeValidator(_replay_alias)] = (

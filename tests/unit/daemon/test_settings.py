@@ -110,6 +110,15 @@ def test_lists_accept_a_single_value_or_commas() -> None:
     assert ep.connection_types == ["long-polling"]
 
 
+def test_null_from_the_environment() -> None:
+    env = endpoints(alternate_exchange="ae") | {
+        "BRIDGE_ENDPOINTS__ORDERS__CONNECTION_TIMEOUT": "null",
+        "BRIDGE_ENDPOINTS__ORDERS__ALTERNATE_EXCHANGE": "null",
+    }
+    ep = load(env).endpoints["orders"]
+    assert (ep.connection_timeout, ep.alternate_exchange) == (None, None)
+
+
 @pytest.mark.parametrize(
     ("given", "expected"), [("-1", "new"), ("-2", "all"), (-2, "all"), ("stored", "stored")]
 )
