@@ -42,9 +42,18 @@ class RecordingHooks:
     failures: Counter[str] = field(default_factory=Counter)
     unroutable: Counter[str] = field(default_factory=Counter)
     redelivered: int = 0
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def on_failure(self, reason: str, count: int) -> None:
         self.failures[reason] += count
+        self._changed.set()
+
+    async def wait_failures(self, reason: str, n: int, within: float = 60) -> None:
+        """Return once ``n`` failures with ``reason`` were reported."""
+        async with asyncio.timeout(within):
+            while self.failures[reason] < n:
+                self._changed.clear()
+                await self._changed.wait()
 
     def on_unroutable(self, action: str) -> None:
         self.unroutable[action] += 1

@@ -1,0 +1,254 @@
+"""The publisher under trouble, real RabbitMQ: forced disconnects, returns, nacks, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import aio_pika
+import aio_pika.abc
+import pytest
+
+from bridge.amqp import AmqpPublisher, PublishResult
+from tests.fixtures.rabbitmq import close_named_connections, unique_name
+from tests.integration.amqp.helpers import (
+    Collector,
+    RecordingHooks,
+    Results,
+    bound_queue,
+    message,
+)
+
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def named_publisher(amqp_url: str) -> tuple[AmqpPublisher, str]:
+    name = unique_name("bridge-fault")
+    # A short reconnect interval keeps the disconnect test quick (aio-pika's default is 5 s).
+    sep = "&" if "?" in amqp_url else "?"
+    pub = AmqpPublisher(
+        f"{amqp_url}{sep}reconnect_interval=0.2", connection_name=name, publish_timeout=10
+    )
+    await pub.start()
+    yield pub, name  # type: ignore[misc]
+    await pub.close(5)
+
+
+async def test_connection_closed_mid_stream_loses_nothing(
+    named_publisher: tuple[AmqpPublisher, str],
+    amqp_connection: aio_pika.abc.AbstractRobustConnection,
+) -> None:
+    publisher, name = named_publisher
+    states: list[bool] = []
+    publisher._on_state = states.append
+    exchange = unique_name("ex")
+    await publisher.declare_exchange(exchange, "topic", auto_delete=True)
+    queue = await bound_queue(amqp_connection, exchange)
+    collector = Collector()
+    await queue.consume(collector, no_ack=True)
+    hooks = RecordingHooks()
+    ep = await publisher.channel_for("ep", hooks=hooks, max_inflight=512)
+    results = Results()
+
+    # Keep the window full while the broker drops the connection: the producer only waits
+    # for room (an ack), never for time.
+    submitted = 0
+    closed = asyncio.Event()
+    room = asyncio.Event()
+
+    def on_done(msg: object, result: PublishResult) -> None:
+        results(msg, result)  # type: ignore[arg-type]
+        if ep.outstanding < 2000:
+            room.set()
+
+    async def produce() -> None:
+        nonlocal submitted
+        while not closed.is_set() or submitted < 30_000:
+            for _ in range(500):
+                ep.submit(message(exchange, submitted), on_done)
+                submitted += 1
+            room.clear()
+            if ep.outstanding >= 2000:
+                await room.wait()
+
+    producer = asyncio.create_task(produce())
+    await results.wait_for(3000)
+    assert await close_named_connections(name) == 1
+    closed.set()
+    async with asyncio.timeout(60):
+        await producer
+    await results.wait_for(submitted)
+
+    assert results.calls == submitted
+    assert set(results.by_id.values()) == {PublishResult.CONFIRMED}
+    ids = {message(exchange, i).message_id for i in range(submitted)}
+    await collector.wait_for(ids)
+    assert set(collector.counts) == ids  # zero missing
+    # The close hit a full window: its messages were counted and published again.
+    assert hooks.failures["connection"] > 0
+    assert hooks.redelivered == hooks.failures["connection"]
+    assert collector.duplicates <= hooks.redelivered
+    assert False in states
+    assert states[-1] is True
+    assert publisher.connected
+    print(
+        f"\nsubmitted={submitted} redelivered={hooks.redelivered} duplicates={collector.duplicates}"
+    )
+
+
+async def test_unroutable_without_alternate_is_returned_counted_and_logged(
+    named_publisher: tuple[AmqpPublisher, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    publisher, _ = named_publisher
+    exchange = unique_name("ex")
+    await publisher.declare_exchange(exchange, "topic", auto_delete=False)
+    hooks = RecordingHooks()
+    ep = await publisher.channel_for("ep", hooks=hooks)
+    try:
+        with caplog.at_level(logging.WARNING, logger="bridge.amqp"):
+            results = await asyncio.wait_for(
+                asyncio.gather(*(ep.publish(message(exchange, i)) for i in range(3))), 30
+            )
+    finally:
+        await _delete_exchange(publisher, exchange)
+    assert results == [PublishResult.RETURNED] * 3
+    assert hooks.unroutable == {"logged": 3}
+    assert not hooks.failures
+    logged = [r.getMessage() for r in caplog.records if "unroutable" in r.getMessage()]
+    assert len(logged) == 3
+    assert "message_id=ep:/event/Order__e:r1" in "".join(logged)
+    assert f"exchange={exchange}" in logged[0]
+    assert "routing_key=event.Order__e" in logged[0]
+    assert ep.outstanding == 0
+
+
+async def test_alternate_exchange_declared_on_the_exchange_routes_in_the_broker(
+    named_publisher: tuple[AmqpPublisher, str],
+    amqp_connection: aio_pika.abc.AbstractRobustConnection,
+) -> None:
+    publisher, _ = named_publisher
+    exchange, alternate = unique_name("ex"), unique_name("ae")
+    await publisher.declare_exchange(alternate, "fanout", auto_delete=True)
+    await publisher.declare_exchange(exchange, "topic", alternate_exchange=alternate)
+    try:
+        ae_queue = await bound_queue(amqp_connection, alternate)
+        collector = Collector()
+        await ae_queue.consume(collector, no_ack=True)
+        hooks = RecordingHooks()
+        ep = await publisher.channel_for("ep", hooks=hooks, alternate_exchange=alternate)
+        result = await asyncio.wait_for(ep.publish(message(exchange, 1)), 30)
+        # With the AE on the exchange RabbitMQ routes it and acks: nothing comes back to us.
+        assert result is PublishResult.CONFIRMED
+        assert not hooks.unroutable
+        await collector.wait_for({message(exchange, 1).message_id})
+        assert collector.messages[message(exchange, 1).message_id].exchange == exchange
+    finally:
+        await _delete_exchange(publisher, exchange)
+
+
+async def test_returned_message_is_republished_to_the_configured_alternate(
+    named_publisher: tuple[AmqpPublisher, str],
+    amqp_connection: aio_pika.abc.AbstractRobustConnection,
+) -> None:
+    publisher, _ = named_publisher
+    exchange, alternate = unique_name("ex"), unique_name("ae")
+    await publisher.declare_exchange(alternate, "fanout", auto_delete=True)
+    # The exchange predates the AE setting (no alternate-exchange argument): returns happen.
+    await publisher.declare_exchange(exchange, "topic")
+    try:
+        ae_queue = await bound_queue(amqp_connection, alternate)
+        collector = Collector()
+        await ae_queue.consume(collector, no_ack=True)
+        hooks = RecordingHooks()
+        ep = await publisher.channel_for("ep", hooks=hooks, alternate_exchange=alternate)
+        msgs = [message(exchange, i) for i in range(20)]
+        results = await asyncio.wait_for(asyncio.gather(*(ep.publish(m) for m in msgs)), 30)
+        assert results == [PublishResult.ALTERNATE] * 20
+        assert hooks.unroutable == {"alternate": 20}
+        await collector.wait_for({m.message_id for m in msgs})
+        got = collector.messages[msgs[3].message_id]
+        assert got.exchange == alternate
+        assert got.routing_key == "event.Order__e"
+        assert got.body == msgs[3].body
+    finally:
+        await _delete_exchange(publisher, exchange)
+
+
+async def test_nacked_messages_are_retried_until_the_broker_takes_them(
+    named_publisher: tuple[AmqpPublisher, str],
+    amqp_connection: aio_pika.abc.AbstractRobustConnection,
+) -> None:
+    publisher, _ = named_publisher
+    exchange = unique_name("ex")
+    await publisher.declare_exchange(exchange, "topic", auto_delete=True)
+    # A queue that refuses (nacks) publishes while it holds a message.
+    queue = await bound_queue(
+        amqp_connection, exchange, arguments={"x-max-length": 1, "x-overflow": "reject-publish"}
+    )
+    hooks = RecordingHooks()
+    ep = await publisher.channel_for("ep", hooks=hooks)
+    msgs = [message(exchange, i) for i in range(5)]
+    results = Results()
+    for m in msgs:
+        ep.submit(m, results)
+    await results.wait_for(1)  # the first fills the queue; the rest are being nacked
+    await hooks.wait_failures("nack", 8)  # every one of the four, at least twice
+    assert results.calls == 1
+
+    # Drain one at a time: each freed slot lets one retry through.
+    received: list[str] = []
+    async with asyncio.timeout(60):
+        while len(received) < 5:
+            got = await queue.get(fail=False)
+            if got is None:
+                await results.wait_for(len(received) + 1)
+                continue
+            await got.ack()
+            assert got.message_id is not None
+            received.append(got.message_id)
+    await results.wait_for(5)
+    assert sorted(received) == sorted(m.message_id for m in msgs)
+    assert set(results.by_id.values()) == {PublishResult.CONFIRMED}
+
+
+async def test_close_waits_for_confirms_and_reports_what_is_left(
+    named_publisher: tuple[AmqpPublisher, str],
+    amqp_connection: aio_pika.abc.AbstractRobustConnection,
+) -> None:
+    publisher, _ = named_publisher
+    exchange = unique_name("ex")
+    await publisher.declare_exchange(exchange, "topic", auto_delete=True)
+    queue = await bound_queue(amqp_connection, exchange)
+    collector = Collector()
+    await queue.consume(collector, no_ack=True)
+
+    # Generous deadline: everything submitted before close() is confirmed.
+    ep = await publisher.channel_for("drains")
+    results = Results()
+    for i in range(3000):
+        ep.submit(message(exchange, i), results)
+    assert ep.outstanding > 0
+    assert await publisher.close_endpoint("drains", 30) == 0
+    assert results.calls == 3000
+    with pytest.raises(RuntimeError, match="closed"):
+        ep.submit(message(exchange, 0), results)
+
+    # No time at all: what was not confirmed is reported, and only that.
+    ep2 = await publisher.channel_for("cut")
+    results2 = Results()
+    n = 20_000
+    for i in range(n):
+        ep2.submit(message(exchange, n + i), results2)
+    left = await publisher.close_endpoint("cut", 0)
+    assert left > 0
+    assert results2.calls + left == n
+
+
+async def _delete_exchange(publisher: AmqpPublisher, name: str) -> None:
+    ch = await publisher.connection.channel(publisher_confirms=False)
+    try:
+        await ch.exchange_delete(name)
+    finally:
+        await ch.close()
