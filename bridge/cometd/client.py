@@ -621,6 +621,12 @@ class Client:
             except Exception as exc:  # the next handshake fails and backs off again
                 log.warning("authenticate() failed: %r", exc)
                 self._emit(AuthFailed(repr(exc)))
+                return
+        # An open WebSocket still carries the old credentials of its upgrade request: close it
+        # so the next send upgrades again with the fresh headers.
+        websocket = self._transports.get(ConnectionType.WEBSOCKET)
+        if websocket is not None:
+            await websocket.close()
 
     # -- transport hooks ---------------------------------------------------------------------
 
