@@ -51,7 +51,8 @@ class Exchange:
     """One incoming batch and the reply the server is about to send.
 
     Hooks may set ``status``/``raw_body`` (sent instead of the JSON replies), ``close`` (close
-    the WebSocket after sending), or ``handled`` in ``before_batch`` to skip normal processing.
+    the WebSocket after sending; with an error ``status``, instead of sending), or ``handled``
+    in ``before_batch`` to skip normal processing.
     """
 
     transport: str
@@ -255,6 +256,10 @@ class BayeuxServer:
             return
         exchange = Exchange(transport=bp.WEBSOCKET, messages=messages)
         await self._run(exchange, browser)
+        if exchange.close and exchange.status >= 400:
+            # What an HTTP error becomes on a WebSocket: the server drops the socket.
+            await ws.close(code=1011, message=f"HTTP {exchange.status}".encode())
+            return
         if exchange.raw_body is not None:
             await _ws_send(ws, exchange.raw_body.decode("utf-8", "replace"))
         elif exchange.replies:

@@ -156,7 +156,7 @@ def _reply_for(exchange: Exchange, message: Message) -> Message | None:
 
 
 def http_status(status: int, body: bytes = b"", content_type: str = "text/plain") -> Action:
-    """Answer the whole request with an HTTP error (on WebSocket: send the body, close)."""
+    """Answer the whole request with an HTTP error (on WebSocket: close the socket, 1011)."""
 
     async def before(exchange: Exchange, message: Message) -> None:
         exchange.handled = True
