@@ -1,0 +1,195 @@
+"""The process: one AMQP connection, one worker per endpoint, the HTTP server, shutdown.
+
+Start order: metrics → AMQP connection (retried with backoff until the broker answers) →
+exchanges declared → one :class:`~bridge.endpoint.EndpointWorker` per endpoint → HTTP.
+An endpoint that fails restarts itself with backoff and never takes the others down.
+
+Shutdown (SIGTERM/SIGINT or :meth:`Supervisor.stop`): readiness goes false, every worker stops
+fetching and hands its received messages to the publisher, confirms are awaited up to
+``shutdown_timeout`` (what is left is reported by count), clients disconnect politely, and the
+AMQP connection closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import platform
+import random
+import signal
+import socket
+import time
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from bridge import __version__
+from bridge.amqp import AmqpPublisher
+from bridge.auth import CredentialRegistry, PrometheusAuthHooks, extension_for
+from bridge.endpoint import EndpointWorker, PublisherMetricsHooks
+from bridge.http import start_http_server
+from bridge.metrics import Metrics
+from bridge.settings import Settings
+
+
+__all__ = ["Supervisor"]
+
+log = structlog.get_logger("bridge.supervisor")
+
+_GAUGE_INTERVAL = 1.0  # seconds between refreshes of the level gauges
+_AMQP_RETRY_MAX = 30.0
+
+
+class Supervisor:
+    """Owns everything the daemon runs; :meth:`run` returns when it has shut down."""
+
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics if metrics is not None else Metrics(version=__version__)
+        self.workers: dict[str, EndpointWorker] = {}
+        self._publisher = AmqpPublisher(
+            settings.amqp_url.get_secret_value(),
+            connection_name=f"cometd-bridge/{socket.gethostname()}",
+            publish_timeout=settings.publish_timeout,
+            on_state=self._on_amqp_state,
+        )
+        self._credentials = CredentialRegistry(
+            hooks=PrometheusAuthHooks(
+                self.metrics.token_refreshes, self.metrics.token_expiry_timestamp
+            )
+        )
+        self._stop = asyncio.Event()
+        self._stopping = False
+        self._started_at = time.time()
+        self._http: web.AppRunner | None = None
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self.unconfirmed_at_exit = 0
+
+    # -- readiness and status ----------------------------------------------------------------
+
+    def ready(self) -> tuple[bool, str]:
+        if self._stopping:
+            return False, "shutting down"
+        if not self._publisher.connected:
+            return False, "AMQP connection down"
+        down = sorted(name for name, w in self.workers.items() if not w.up)
+        if not self.workers:
+            return False, "starting"
+        if down:
+            return False, "endpoints not streaming: " + ", ".join(down)
+        return True, "ok"
+
+    def status(self) -> dict[str, Any]:
+        now = time.time()
+        return {
+            "version": __version__,
+            "uptime_seconds": now - self._started_at,
+            "amqp_connected": self._publisher.connected,
+            "ready": self.ready()[0],
+            "endpoints": {name: w.status_dict(now) for name, w in self.workers.items()},
+        }
+
+    def stop(self) -> None:
+        """Ask for a graceful shutdown (signal-safe)."""
+        self._stop.set()
+
+    # -- run ---------------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Run until stopped; returns the number of messages left unconfirmed at exit."""
+        s = self.settings
+        self.metrics.build_info.info({"version": __version__, "python": platform.python_version()})
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(signum, self.stop)
+        self._http = await start_http_server(
+            s.http_host, s.http_port, self.metrics.registry, ready=self.ready, status=self.status
+        )
+        log.info("http server listening", host=s.http_host, port=s.http_port)
+        try:
+            if not await self._connect_amqp():
+                return 0
+            await self._start_workers()
+            gauges = asyncio.create_task(self._refresh_gauges(), name="gauges")
+            await self._stop.wait()
+            gauges.cancel()
+            return await self._shutdown()
+        finally:
+            if self._http is not None:
+                await self._http.cleanup()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.remove_signal_handler(signum)
+
+    async def _connect_amqp(self) -> bool:
+        """Connect to RabbitMQ, retrying with backoff; False if stopped meanwhile."""
+        attempt = 0
+        while not self._stop.is_set():
+            try:
+                await self._publisher.start()
+                log.info("AMQP connected")
+                return True
+            except Exception as exc:  # broker down at start: keep trying, /readyz says why
+                delay = random.uniform(0.5, min(_AMQP_RETRY_MAX, 1.0 * 2**attempt))
+                attempt += 1
+                log.warning("AMQP connection failed", error=str(exc), retry_in=round(delay, 1))
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._stop.wait()
+        return False
+
+    async def _start_workers(self) -> None:
+        s = self.settings
+        declared: set[str] = set()
+        for name, ep in s.endpoints.items():
+            if ep.exchange not in declared:
+                await self._publisher.declare_exchange(
+                    ep.exchange, ep.exchange_type, alternate_exchange=ep.alternate_exchange
+                )
+                declared.add(ep.exchange)
+            em = self.metrics.endpoint(name)
+            publisher = await self._publisher.channel_for(
+                name,
+                hooks=PublisherMetricsHooks(em),
+                alternate_exchange=ep.alternate_exchange,
+                max_inflight=ep.max_inflight,
+            )
+            auth = extension_for(self._credentials, ep.auth, name)
+            worker = EndpointWorker(name, ep, publisher=publisher, metrics=em, auth=auth)
+            self.workers[name] = worker
+            self._tasks[name] = asyncio.create_task(worker.run(), name=f"endpoint-{name}")
+        log.info("endpoints started", endpoints=sorted(self.workers))
+
+    async def _refresh_gauges(self) -> None:
+        while True:
+            for worker in self.workers.values():
+                worker.refresh_gauges()
+            await asyncio.sleep(_GAUGE_INTERVAL)  # a periodic refresh, not synchronisation
+
+    async def _shutdown(self) -> int:
+        deadline = self.settings.shutdown_timeout
+        self._stopping = True
+        log.info("shutting down", deadline_seconds=deadline)
+        started = time.monotonic()
+        for worker in self.workers.values():
+            worker.request_stop()
+        tasks = list(self._tasks.values())
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=deadline)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        remaining = max(0.1, deadline - (time.monotonic() - started))
+        left = await self._publisher.close(remaining)
+        await self._credentials.aclose()
+        self.unconfirmed_at_exit = left
+        if left:
+            log.error("shutdown deadline reached with messages unconfirmed", unconfirmed=left)
+        else:
+            log.info("shutdown complete: every received message was confirmed")
+        return left
+
+    def _on_amqp_state(self, connected: bool) -> None:
+        self.metrics.amqp_connected.set(1 if connected else 0)

@@ -1,0 +1,197 @@
+"""Run the real bridge as a subprocess and watch what reaches RabbitMQ.
+
+Used by the end-to-end and fault tests: the bridge is started exactly as an operator starts it
+(``python -m bridge run`` configured by environment variables), and a test consumer counts every
+message that arrives in a queue bound to the bridge's exchange.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import aiohttp
+
+
+AMQP_URL = os.environ.get("BRIDGE_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class BridgeProcess:
+    """A ``cometd-bridge run`` subprocess with its HTTP port and log file."""
+
+    env: dict[str, str]
+    log_path: Path
+    http_port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def start(self) -> None:
+        env = {**os.environ, **self.env, "BRIDGE_HTTP_PORT": str(self.http_port)}
+        env.setdefault("BRIDGE_HTTP_HOST", "127.0.0.1")
+        env.setdefault("BRIDGE_LOG_FORMAT", "json")
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bridge", "run"], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+        log.close()
+
+    async def get(self, path: str) -> tuple[int, str]:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session,
+            session.get(self.base_url + path) as resp,
+        ):
+            return resp.status, await resp.text()
+
+    async def wait_ready(self, within: float = 30.0) -> None:
+        """Wait until /readyz answers 200; fail with the log tail if the process died."""
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"bridge exited with {self.proc.returncode}:\n{self.log_tail()}"
+                )
+            with contextlib.suppress(aiohttp.ClientError, OSError, asyncio.TimeoutError):
+                status, _ = await self.get("/readyz")
+                if status == 200:
+                    return
+            await asyncio.sleep(0.1)  # polling an external process: no event to await
+        raise AssertionError(f"bridge not ready within {within}s:\n{self.log_tail()}")
+
+    async def metrics(self) -> dict[str, float]:
+        """Scrape /metrics into {'name{labels}': value}."""
+        _, text = await self.get("/metrics")
+        samples: dict[str, float] = {}
+        for line in text.splitlines():
+            if not line or line.startswith("#"):
+                continue
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+        return samples
+
+    async def status(self) -> Any:
+        _, text = await self.get("/status")
+        return json.loads(text)
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    async def wait_exit(self, within: float = 30.0) -> int:
+        assert self.proc is not None
+        deadline = time.monotonic() + within
+        while self.proc.poll() is None:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"bridge did not exit within {within}s:\n{self.log_tail()}")
+            await asyncio.sleep(0.05)
+        return self.proc.returncode
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
+
+
+@contextlib.asynccontextmanager
+async def running_bridge(
+    env: Mapping[str, str], tmp_path: Path, *, wait_ready: bool = True
+) -> AsyncIterator[BridgeProcess]:
+    bridge = BridgeProcess(env=dict(env), log_path=tmp_path / f"bridge-{time.monotonic_ns()}.log")
+    bridge.start()
+    try:
+        if wait_ready:
+            await bridge.wait_ready()
+        yield bridge
+    finally:
+        bridge.stop()
+
+
+@dataclass
+class Delivery:
+    body: Any
+    message_id: str | None
+    routing_key: str | None
+    headers: dict[str, Any]
+    content_type: str | None
+    delivery_mode: int | None
+
+
+class QueueCollector:
+    """A queue bound to an exchange that records every message that reaches it."""
+
+    def __init__(self) -> None:
+        self.deliveries: list[Delivery] = []
+        self._changed = asyncio.Event()
+        self._connection: aio_pika.abc.AbstractConnection | None = None
+
+    async def start(self, exchange: str, exchange_type: str = "topic", binding: str = "#") -> None:
+        self._connection = await aio_pika.connect(AMQP_URL)
+        channel = await self._connection.channel()
+        await channel.set_qos(prefetch_count=2000)
+        ex = await channel.declare_exchange(exchange, exchange_type, durable=True)
+        queue = await channel.declare_queue("", exclusive=True, auto_delete=True)
+        await queue.bind(ex, routing_key=binding)
+        await queue.consume(self._on_message, no_ack=True)
+
+    async def _on_message(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        self.deliveries.append(
+            Delivery(
+                body=json.loads(message.body),
+                message_id=message.message_id,
+                routing_key=message.routing_key,
+                headers=dict(message.headers or {}),
+                content_type=message.content_type,
+                delivery_mode=int(message.delivery_mode) if message.delivery_mode else None,
+            )
+        )
+        self._changed.set()
+
+    async def wait_for(self, count: int, within: float) -> None:
+        """Wait until at least ``count`` distinct message ids arrived (bounded)."""
+        deadline = time.monotonic() + within
+        while len({d.message_id for d in self.deliveries}) < count:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._changed.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), remaining)
+
+    def seqs(self, channel: str | None = None) -> list[int]:
+        return [
+            int(d.body["seq"])
+            for d in self.deliveries
+            if channel is None or d.headers.get("cometd-channel") == channel
+        ]
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            await self._connection.close()
