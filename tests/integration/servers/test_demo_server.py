@@ -14,7 +14,7 @@ import pytest
 import pytest_asyncio
 
 from bridge.demo import ACCOUNT_CHANNEL, ORDER_CHANNEL, BayeuxServer, DemoSource
-from tests.fixtures.raw_bayeux import RawBayeux
+from tests.fixtures.raw_bayeux import RawBayeux, WebSocketClosedError
 
 
 pytestmark = pytest.mark.integration
@@ -333,3 +333,18 @@ def test_messages_are_json_serialisable() -> None:
     factory = EventFactory(seed=3)
     for channel in factory.channels:
         json.dumps(factory.next(channel))
+
+
+async def test_stop_answers_held_connects_promptly(transport: str) -> None:
+    server = BayeuxServer(timeout_ms=60_000)
+    await server.start()
+    async with RawBayeux(server.url, websocket=transport == "websocket") as bayeux:
+        await bayeux.handshake()
+        await bayeux.connect(advice_timeout=0)
+        async with asyncio.timeout(15):
+            held = asyncio.create_task(bayeux.connect())
+            await until_held(server)
+            await server.stop()
+            # Long-polling gets its (successful) reply; a WebSocket is closed by the server.
+            outcome = await asyncio.gather(held, return_exceptions=True)
+    assert isinstance(outcome[0], dict | WebSocketClosedError), outcome
