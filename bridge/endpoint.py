@@ -117,6 +117,8 @@ class EndpointWorker:
         self._router = Router.from_settings(name, config)
         self._client: Client | None = None
         self._outstanding = 0  # handed to the publisher, not yet settled
+        self.received_total = 0  # data messages taken from the client and handed on
+        self.confirmed_total = 0  # settled by the broker (confirmed or returned)
         self._room = asyncio.Event()
         self._room.set()
         self._stopping = asyncio.Event()
@@ -298,12 +300,14 @@ class EndpointWorker:
             routed += 1
         if routed:
             self._outstanding += routed
+            self.received_total += routed
             self._metrics.received.inc(routed)
             self._metrics.last_message_timestamp.set(now)
             self.status.last_message_at = now
 
     def _on_settled(self, msg: RoutedMessage, result: PublishResult) -> None:
         self._outstanding -= 1
+        self.confirmed_total += 1
         if result is PublishResult.CONFIRMED or result is PublishResult.ALTERNATE:
             self._metrics.published.inc()
         self._metrics.publish_latency.observe(time.time() - msg.timestamp)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import platform
 import random
 import signal
@@ -50,7 +51,7 @@ class Supervisor:
         self.workers: dict[str, EndpointWorker] = {}
         self._publisher = AmqpPublisher(
             settings.amqp_url.get_secret_value(),
-            connection_name=f"cometd-bridge/{socket.gethostname()}",
+            connection_name=f"cometd-bridge/{socket.gethostname()}/{os.getpid()}",
             publish_timeout=settings.publish_timeout,
             on_state=self._on_amqp_state,
         )
@@ -185,6 +186,11 @@ class Supervisor:
         left = await self._publisher.close(remaining)
         await self._credentials.aclose()
         self.unconfirmed_at_exit = left
+        totals = {
+            name: {"received": w.received_total, "confirmed": w.confirmed_total}
+            for name, w in self.workers.items()
+        }
+        log.info("endpoint totals", totals=totals, unconfirmed=left)
         if left:
             log.error("shutdown deadline reached with messages unconfirmed", unconfirmed=left)
         else:

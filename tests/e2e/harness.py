@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,7 @@ class BridgeProcess:
 
     env: dict[str, str]
     log_path: Path
+    clear_env: bool = False
     http_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
 
@@ -48,7 +49,10 @@ class BridgeProcess:
         return f"http://127.0.0.1:{self.http_port}"
 
     def start(self) -> None:
-        env = {**os.environ, **self.env, "BRIDGE_HTTP_PORT": str(self.http_port)}
+        base = dict(os.environ)
+        if self.clear_env:  # only what the test gives: no BRIDGE_* leaking in from outside
+            base = {k: v for k, v in base.items() if not k.startswith("BRIDGE_")}
+        env = {**base, **self.env, "BRIDGE_HTTP_PORT": str(self.http_port)}
         env.setdefault("BRIDGE_HTTP_HOST", "127.0.0.1")
         env.setdefault("BRIDGE_LOG_FORMAT", "json")
         log = self.log_path.open("ab")
@@ -95,6 +99,47 @@ class BridgeProcess:
         _, text = await self.get("/status")
         return json.loads(text)
 
+    async def wait_status(self, predicate: Callable[[Any], bool], within: float) -> Any:
+        """Poll /status (another process: nothing to await) until ``predicate`` holds."""
+        deadline = time.monotonic() + within
+        last: Any = None
+        while time.monotonic() < deadline:
+            with contextlib.suppress(aiohttp.ClientError, OSError, asyncio.TimeoutError, KeyError):
+                last = await self.status()
+                if predicate(last):
+                    return last
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"status condition not met within {within}s: {last}")
+
+    async def wait_metric(self, sample: str, value: float, within: float) -> float:
+        """Poll /metrics until ``sample`` reaches ``value``."""
+        deadline = time.monotonic() + within
+        current: float | None = None
+        while time.monotonic() < deadline:
+            with contextlib.suppress(aiohttp.ClientError, OSError, asyncio.TimeoutError):
+                current = (await self.metrics()).get(sample)
+                if current is not None and current >= value:
+                    return current
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"{sample} = {current}, expected >= {value} within {within}s")
+
+    def log_events(self) -> list[dict[str, Any]]:
+        """The bridge's JSON log lines, parsed (non-JSON lines skipped)."""
+        events = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            with contextlib.suppress(ValueError):
+                event = json.loads(line)
+                if isinstance(event, dict):
+                    events.append(event)
+        return events
+
+    def final_totals(self) -> dict[str, dict[str, int]]:
+        """Per endpoint ``{received, confirmed, ...}`` from the shutdown log line."""
+        for event in reversed(self.log_events()):
+            if event.get("event") == "endpoint totals":
+                return dict(event["totals"])
+        raise AssertionError(f"no 'endpoint totals' log line:\n{self.log_tail()}")
+
     def signal(self, signum: int) -> None:
         assert self.proc is not None
         self.proc.send_signal(signum)
@@ -122,9 +167,10 @@ class BridgeProcess:
 
 @contextlib.asynccontextmanager
 async def running_bridge(
-    env: Mapping[str, str], tmp_path: Path, *, wait_ready: bool = True
+    env: Mapping[str, str], tmp_path: Path, *, wait_ready: bool = True, clear_env: bool = False
 ) -> AsyncIterator[BridgeProcess]:
-    bridge = BridgeProcess(env=dict(env), log_path=tmp_path / f"bridge-{time.monotonic_ns()}.log")
+    log_path = tmp_path / f"bridge-{time.monotonic_ns()}.log"
+    bridge = BridgeProcess(env=dict(env), log_path=log_path, clear_env=clear_env)
     bridge.start()
     try:
         if wait_ready:
@@ -151,17 +197,23 @@ class QueueCollector:
         self.deliveries: list[Delivery] = []
         self._changed = asyncio.Event()
         self._connection: aio_pika.abc.AbstractConnection | None = None
+        self._exchange = ""
 
     async def start(self, exchange: str, exchange_type: str = "topic", binding: str = "#") -> None:
-        self._connection = await aio_pika.connect(AMQP_URL)
+        self._exchange = exchange
+        self._connection = await aio_pika.connect_robust(AMQP_URL)
         channel = await self._connection.channel()
         await channel.set_qos(prefetch_count=2000)
         ex = await channel.declare_exchange(exchange, exchange_type, durable=True)
-        queue = await channel.declare_queue("", exclusive=True, auto_delete=True)
+        # Not exclusive: it must survive a forced close of this connection (robust reconnect).
+        queue = await channel.declare_queue(
+            f"{exchange}.collector", auto_delete=False, arguments={"x-expires": 600_000}
+        )
         await queue.bind(ex, routing_key=binding)
-        await queue.consume(self._on_message, no_ack=True)
+        await queue.consume(self._on_message)
 
     async def _on_message(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        await message.ack()
         self.deliveries.append(
             Delivery(
                 body=json.loads(message.body),
@@ -194,4 +246,8 @@ class QueueCollector:
 
     async def close(self) -> None:
         if self._connection is not None:
+            with contextlib.suppress(Exception):
+                channel = await self._connection.channel()
+                await channel.queue_delete(f"{self._exchange}.collector")
+                await channel.exchange_delete(self._exchange)
             await self._connection.close()
