@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from bridge.auth import Credential, TokenSource
 from tests.integration.auth.token_server import TokenServer
+
+
+MakeCredential = Callable[..., Credential]
 
 
 @pytest.fixture(scope="session")
@@ -33,3 +37,18 @@ async def token_server(rsa_key: rsa.RSAPrivateKey) -> AsyncIterator[TokenServer]
         yield server
     finally:
         await server.stop()
+
+
+@pytest.fixture
+async def make_credential() -> AsyncIterator[MakeCredential]:
+    """Credentials closed at teardown (their timers and HTTP sessions with them)."""
+    made: list[Credential] = []
+
+    def make(source: TokenSource, name: str = "test", **options: object) -> Credential:
+        credential = Credential(name, source, **options)  # type: ignore[arg-type]
+        made.append(credential)
+        return credential
+
+    yield make
+    for credential in made:
+        await credential.aclose()

@@ -5,40 +5,22 @@ from __future__ import annotations
 import base64
 import itertools
 import time
-from collections.abc import AsyncIterator, Callable
 
 import pytest
 
 from bridge.auth import (
     ClientCredentials,
-    Credential,
     RefreshToken,
     SalesforceJwt,
     TokenRejected,
     TokenSource,
 )
+from tests.integration.auth.conftest import MakeCredential
 from tests.integration.auth.recording import RecordingHooks
 from tests.integration.auth.token_server import JWT_BEARER_GRANT, TokenServer
 
 
 pytestmark = pytest.mark.integration
-
-MakeCredential = Callable[..., Credential]
-
-
-@pytest.fixture
-async def make_credential() -> AsyncIterator[MakeCredential]:
-    """Credentials closed at teardown (their timers and HTTP sessions with them)."""
-    made: list[Credential] = []
-
-    def make(source: TokenSource, **options: object) -> Credential:
-        credential = Credential("test", source, **options)  # type: ignore[arg-type]
-        made.append(credential)
-        return credential
-
-    yield make
-    for credential in made:
-        await credential.aclose()
 
 
 async def test_client_credentials_in_body(
