@@ -1,0 +1,258 @@
+"""The Salesforce replay extension, and the helpers the daemon needs around it.
+
+Wire format (Salesforce Streaming API, also the test server tests/servers/salesforce_server.js):
+
+- handshake: ``ext: {"replay": true}``; a server with replay answers ``ext.replay == true``;
+- subscribe: ``ext: {"replay": {channel: id}}``; ``-1`` new events only, ``-2`` all retained
+  events, ``N`` the events after replay id N;
+- events carry ``data.event.replayId``;
+- an id older than the retention window fails the subscribe with
+  ``400::The replayId {N} you provided was invalid. Please provide a valid ID, -2 to replay all
+  events, or -1 to replay only new events.``
+
+The id for a subscribe is computed when the message is sent, not when it was created, so the
+client's automatic resubscriptions after a re-handshake resume from the latest confirmed
+position (competitors resubscribe with the initial id and replay everything, or lose the gap).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from bridge.cometd.extensions import Extension, Headers, Payload
+
+
+__all__ = [
+    "REPLAY_NEW",
+    "REPLAY_ALL",
+    "ReplayExtension",
+    "GapPolicy",
+    "InvalidReplayId",
+    "ReplayGapError",
+    "invalid_replay_id",
+    "gap_start",
+    "gap_record",
+    "initial_start",
+    "replay_id_of",
+    "event_time_of",
+]
+
+REPLAY_NEW = -1
+"""Subscribe from the tip: new events only."""
+REPLAY_ALL = -2
+"""Subscribe from the earliest retained event."""
+
+_HANDSHAKE = "/meta/handshake"
+_SUBSCRIBE = "/meta/subscribe"
+
+PositionSource = Callable[[str], int | None]
+
+
+def _replay_key(channel: str) -> str:
+    # Salesforce keys the map by the channel without a PushTopic query string.
+    return channel.split("?", 1)[0]
+
+
+class ReplayExtension(Extension):
+    """Adds replay ids to every ``/meta/subscribe``, computed at send time.
+
+    ``position(channel)`` returns the confirmed position to resume from (e.g.
+    ``PositionKeeper.position``) or None; then the channel's start applies (``start`` for all
+    channels, or one set with :meth:`set_start`, e.g. after a gap). :attr:`supported` is None
+    until a handshake reply said whether the server replays.
+    """
+
+    def __init__(self, position: PositionSource, start: int = REPLAY_NEW) -> None:
+        self._position = position
+        self._start = start
+        self._starts: dict[str, int] = {}
+        self.supported: bool | None = None
+
+    def set_start(self, channel: str, start: int) -> None:
+        """Where ``channel`` starts while it has no position (the gap policy sets this)."""
+        self._starts[_replay_key(channel)] = start
+
+    def replay_from(self, channel: str) -> int:
+        """The id the next subscribe to ``channel`` sends."""
+        key = _replay_key(channel)
+        position = self._position(key)
+        if position is not None:
+            return position
+        return self._starts.get(key, self._start)
+
+    async def outgoing(self, payload: Payload, headers: Headers) -> None:
+        for message in payload:
+            channel = message.get("channel")
+            if channel == _HANDSHAKE:
+                _ext(message)["replay"] = True
+            elif channel == _SUBSCRIBE and self.supported is not False:
+                subscription = message.get("subscription")
+                channels = subscription if isinstance(subscription, list) else [subscription]
+                replay = {
+                    _replay_key(ch): self.replay_from(ch) for ch in channels if isinstance(ch, str)
+                }
+                if replay:
+                    _ext(message)["replay"] = replay
+
+    async def incoming(self, payload: Payload, headers: Mapping[str, str] | None = None) -> None:
+        for message in payload:
+            if message.get("channel") == _HANDSHAKE and message.get("successful") is True:
+                ext = message.get("ext")
+                self.supported = isinstance(ext, dict) and ext.get("replay") is True
+
+
+def _ext(message: dict[str, Any]) -> dict[str, Any]:
+    ext = message.get("ext")
+    if not isinstance(ext, dict):
+        ext = message["ext"] = {}
+    return ext
+
+
+# -- the invalid-replay-id failure and the gap policy ----------------------------------------
+
+# Salesforce: "400::The replayId {82} you provided was invalid. ..."; older API versions and
+# EMP report "400::The replayId for channel X wasn't found using the provided replay ID map".
+_INVALID_ID = re.compile(r"^400::The replayId \{(?P<id>-?\d+)\} you provided was invalid")
+_NOT_FOUND = re.compile(r"^400::The replayId for channel .* wasn't found")
+
+
+@dataclass(frozen=True, slots=True)
+class InvalidReplayId:
+    """A subscribe refused because the replay id is outside the server's retention."""
+
+    channel: str
+    replay_id: int | None
+    error: str
+
+
+def invalid_replay_id(reply: Mapping[str, Any] | None) -> InvalidReplayId | None:
+    """Classify a failed ``/meta/subscribe`` reply (e.g. ``ServerError.response``).
+
+    Returns None for any other failure, which the caller treats as a plain subscribe error.
+    """
+    if not reply or reply.get("successful") is True:
+        return None
+    error = reply.get("error")
+    if not isinstance(error, str):
+        return None
+    match = _INVALID_ID.match(error)
+    if match is None and _NOT_FOUND.match(error) is None:
+        return None
+    subscription = reply.get("subscription")
+    if isinstance(subscription, list):
+        subscription = subscription[0] if subscription else None
+    channel = _replay_key(subscription) if isinstance(subscription, str) else ""
+    replay_id = int(match.group("id")) if match else None
+    return InvalidReplayId(channel, replay_id, error)
+
+
+class GapPolicy(StrEnum):
+    """What to do when a stored position is older than the server's retention.
+
+    ``fail`` stops the endpoint (an operator decides); ``latest`` resumes with new events
+    (the gap stays lost); ``earliest`` replays everything still retained (loses only what
+    the server already forgot; duplicates possible).
+    """
+
+    FAIL = "fail"
+    LATEST = "latest"
+    EARLIEST = "earliest"
+
+
+class ReplayGapError(Exception):
+    """The gap policy is ``fail`` and a channel's position is past the retention window."""
+
+    def __init__(self, endpoint: str, gap: InvalidReplayId) -> None:
+        self.endpoint = endpoint
+        self.gap = gap
+        super().__init__(
+            f"endpoint {endpoint!r} channel {gap.channel!r}: stored replay id {gap.replay_id} is "
+            f"older than the server's retention ({gap.error}); gap_policy=fail. Choose a start "
+            "with `cometd-bridge positions set` or change gap_policy."
+        )
+
+
+def gap_start(policy: GapPolicy | str, endpoint: str, gap: InvalidReplayId) -> int:
+    """The replay id to resubscribe with under ``policy``; raises ReplayGapError for ``fail``."""
+    policy = GapPolicy(policy)
+    if policy is GapPolicy.FAIL:
+        raise ReplayGapError(endpoint, gap)
+    return REPLAY_NEW if policy is GapPolicy.LATEST else REPLAY_ALL
+
+
+def gap_record(
+    endpoint: str, gap: InvalidReplayId, policy: GapPolicy | str, now: float
+) -> dict[str, Any]:
+    """The JSON body of the gap record published to the control exchange."""
+    policy = GapPolicy(policy)
+    resumed = {GapPolicy.FAIL: None, GapPolicy.LATEST: REPLAY_NEW, GapPolicy.EARLIEST: REPLAY_ALL}
+    return {
+        "type": "replay_gap",
+        "endpoint": endpoint,
+        "channel": gap.channel,
+        "replay_id": gap.replay_id,
+        "error": gap.error,
+        "policy": policy.value,
+        "resumed_from": resumed[policy],
+        "time": now,
+    }
+
+
+def initial_start(replay: str, fallback: str = "new") -> int | None:
+    """Map the endpoint settings to a start id: None when replay is ``off``.
+
+    ``replay``: ``off``, ``new`` (or ``-1``), ``all`` (or ``-2``), ``stored`` (resume from the
+    stored position; ``fallback`` ``new``/``all`` when there is none).
+    """
+    named = {"new": REPLAY_NEW, "-1": REPLAY_NEW, "all": REPLAY_ALL, "-2": REPLAY_ALL}
+    if replay == "off":
+        return None
+    if replay == "stored":
+        if fallback not in ("new", "all"):
+            raise ValueError(f"invalid replay_fallback {fallback!r}")
+        return named[fallback]
+    try:
+        return named[replay]
+    except KeyError:
+        raise ValueError(f"invalid replay setting {replay!r}") from None
+
+
+# -- reading events -----------------------------------------------------------------------------
+
+
+def replay_id_of(message: Mapping[str, Any]) -> int | None:
+    """``data.event.replayId`` as an int, or None when the event has none."""
+    data = message.get("data")
+    event = data.get("event") if isinstance(data, dict) else None
+    replay_id = event.get("replayId") if isinstance(event, dict) else None
+    if isinstance(replay_id, int) and not isinstance(replay_id, bool):
+        return replay_id
+    return None
+
+
+def event_time_of(message: Mapping[str, Any]) -> str | None:
+    """The event's own timestamp as the server wrote it, for operators (not for ordering).
+
+    PushTopic ``data.event.createdDate``; platform event ``data.payload.CreatedDate``; CDC
+    ``data.payload.ChangeEventHeader.commitTimestamp`` (epoch ms, returned as a string).
+    """
+    data = message.get("data")
+    if not isinstance(data, dict):
+        return None
+    event = data.get("event")
+    if isinstance(event, dict) and isinstance(event.get("createdDate"), str):
+        return str(event["createdDate"])
+    payload = data.get("payload")
+    if isinstance(payload, dict):
+        if isinstance(payload.get("CreatedDate"), str):
+            return str(payload["CreatedDate"])
+        header = payload.get("ChangeEventHeader")
+        if isinstance(header, dict):
+            commit = header.get("commitTimestamp")
+            if isinstance(commit, int | str) and not isinstance(commit, bool):
+                return str(commit)
+    return None
