@@ -23,6 +23,7 @@ from ..exceptions import (
     TransportConnectionClosed,
     TransportError,
     TransportTimeoutError,
+    WebSocketUpgradeRefused,
 )
 from ..protocol import ConnectionType, Message, validate_payload
 
@@ -133,6 +134,8 @@ def map_exceptions() -> Iterator[None]:
         yield
     except TransportError:
         raise
+    except aiohttp.WSServerHandshakeError as exc:  # before its base, ClientResponseError
+        raise WebSocketUpgradeRefused(f"WebSocket upgrade refused: {exc}") from exc
     except aiohttp.ClientResponseError as exc:
         raise HTTPStatusError(exc.status, exc.message) from exc
     except (TimeoutError, aiohttp.ServerTimeoutError) as exc:

@@ -20,7 +20,6 @@ from ..exceptions import (
     MalformedResponseError,
     TransportConnectionClosed,
     TransportTimeoutError,
-    WebSocketUpgradeRefused,
 )
 from ..protocol import META_CONNECT, ConnectionType, Message, is_event
 from .base import (
@@ -92,25 +91,16 @@ class WebSocketTransport(Transport):
             if ws is not None and not ws.closed:
                 return ws
             config = self.config
-            try:
-                with map_exceptions():
-                    async with asyncio.timeout(min(deadline, config.network_delay) or None):
-                        ws = await config.session.ws_connect(
-                            config.url,
-                            headers=headers,
-                            ssl=config.ssl,
-                            heartbeat=config.heartbeat,
-                            max_msg_size=config.max_response_size,
-                            autoping=True,
-                        )
-            except WebSocketUpgradeRefused:
-                raise
-            except TransportConnectionClosed as exc:
-                if isinstance(exc.__cause__, aiohttp.WSServerHandshakeError):
-                    raise WebSocketUpgradeRefused(
-                        f"WebSocket upgrade refused: {exc.__cause__}"
-                    ) from exc
-                raise
+            with map_exceptions():
+                async with asyncio.timeout(min(deadline, config.network_delay) or None):
+                    ws = await config.session.ws_connect(
+                        config.url,
+                        headers=headers,
+                        ssl=config.ssl,
+                        heartbeat=config.heartbeat,
+                        max_msg_size=config.max_response_size,
+                        autoping=True,
+                    )
             self._ws = ws
             self._reader = asyncio.create_task(self._read(ws), name="cometd-websocket-reader")
             return ws
