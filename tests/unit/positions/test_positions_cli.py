@@ -1,0 +1,93 @@
+"""``cometd-bridge positions`` through the real entry point (bridge.cli.main)."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from bridge import positions_cli
+from bridge.cli import main
+from bridge.positions import PositionStore, StoredPosition
+
+
+@pytest.fixture
+def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> PositionStore:
+    monkeypatch.setenv("BRIDGE_STATE_DIR", str(tmp_path))
+    return PositionStore(tmp_path)
+
+
+def test_set_then_show(state: PositionStore, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["positions", "set", "sf", "/event/Order__e", "1234"]) == 0
+    assert state.load("sf")["/event/Order__e"].replay_id == 1234
+    capsys.readouterr()
+    assert main(["positions", "show", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["endpoint"], r["channel"], r["replay_id"]) for r in rows] == [
+        ("sf", "/event/Order__e", 1234)
+    ]
+    assert rows[0]["age_seconds"] >= 0
+
+
+def test_show_table(state: PositionStore) -> None:
+    state.save("sf", {"/event/A": StoredPosition(7, 1000.0, "2024-01-01T00:00:00Z")})
+    state.save("other", {"/b": StoredPosition(3, 1000.0)})
+    out = io.StringIO()
+    positions_cli.show(state, out, now=1000.0 + 3 * 3600)
+    lines = out.getvalue().splitlines()
+    assert lines[0].split() == [
+        "ENDPOINT",
+        "CHANNEL",
+        "REPLAY_ID",
+        "UPDATED_AT",
+        "AGE",
+        "EVENT_TIME",
+    ]
+    assert lines[1].split() == ["other", "/b", "3", "1970-01-01T00:16:40+00:00", "3.0h", "-"]
+    assert lines[2].split()[:3] == ["sf", "/event/A", "7"]
+    out = io.StringIO()
+    positions_cli.show(state, out, endpoint="sf", now=1000.0)
+    assert "other" not in out.getvalue()
+
+
+def test_show_empty(state: PositionStore, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["positions", "show"]) == 0
+    assert "no stored positions" in capsys.readouterr().out
+
+
+def test_clear(state: PositionStore, capsys: pytest.CaptureFixture[str]) -> None:
+    state.save("sf", {"/a": StoredPosition(1, 1.0), "/b": StoredPosition(2, 1.0)})
+    assert main(["positions", "clear", "sf", "/a"]) == 0
+    assert set(state.load("sf")) == {"/b"}
+    assert main(["positions", "clear", "sf", "/a"]) == 1
+    assert "no stored position" in capsys.readouterr().err
+
+
+def test_state_dir_option_wins(tmp_path: Path, state: PositionStore) -> None:
+    other = tmp_path / "elsewhere"
+    assert main(["positions", "--state-dir", str(other), "set", "sf", "/a", "-2"]) == 0
+    assert PositionStore(other).load("sf")["/a"].replay_id == -2
+    assert state.load("sf") == {}
+
+
+def test_corrupt_file_is_reported(state: PositionStore, capsys: pytest.CaptureFixture[str]) -> None:
+    state.path("sf").write_text("{broken")
+    assert main(["positions", "show"]) == 1
+    err = capsys.readouterr().err
+    assert "corrupt" in err
+    assert "sf.positions.json.corrupt-" in err
+
+
+@pytest.mark.parametrize("value", ["abc", "-3", "1.5"])
+def test_bad_replay_id_is_a_usage_error(state: PositionStore, value: str) -> None:
+    with pytest.raises(SystemExit) as info:  # argparse exits before main's dispatch
+        main(["positions", "set", "sf", "/a", value])
+    assert info.value.code == 2
+    assert state.load("sf") == {}
+
+
+def test_bad_endpoint_name(state: PositionStore, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["positions", "set", "../x", "/a", "1"]) == 1
+    assert "invalid endpoint name" in capsys.readouterr().err
