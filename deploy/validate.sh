@@ -94,10 +94,12 @@ json_parses() {
 check "hadolint Dockerfile" "$BIN/hadolint" --failure-threshold error Dockerfile
 check "compose schema" "$BIN/check-jsonschema" --builtin-schema vendor.compose-spec docker-compose.yml
 check "kustomize + kubernetes-validate --strict" kustomize_validate
-# Not in the kustomization (an example secret and an optional CRD): validated on their own.
-# ServiceMonitor is a CRD with no bundled schema, so it is only parsed (a warning, rc 0).
+# Not in the kustomization (an example secret, optional Prometheus Operator CRDs): validated
+# on their own. The CRDs have no bundled schema, so they are only parsed (a warning, rc 0);
+# prometheusrule.yaml's rules are alerts.yml's (tests/deploy/test_kubernetes.py).
 check "kubernetes-validate optional manifests" "$BIN/kubernetes-validate" --strict --quiet \
-  deploy/kubernetes/secret.example.yaml deploy/kubernetes/servicemonitor.yaml
+  deploy/kubernetes/secret.example.yaml deploy/kubernetes/servicemonitor.yaml \
+  deploy/kubernetes/prometheusrule.yaml
 check "yamllint" "$BIN/yamllint" --strict -c deploy/yamllint.yml docker-compose.yml deploy/
 check "promtool check config" "$PROMTOOL" check config deploy/prometheus/prometheus.yml
 check "promtool check rules" "$PROMTOOL" check rules deploy/prometheus/alerts.yml
