@@ -134,8 +134,9 @@ class AmqpPublisher:
         if conn is not None:
             conn.close_callbacks.discard(self._on_close)
             # aio-pika#668: a restore racing the close may raise; the process is leaving.
+            # Bounded: on a black-holed link the close handshake never completes.
             with contextlib.suppress(Exception):
-                await conn.close()
+                await asyncio.wait_for(conn.close(), 5.0)
             self._report(False)
         return sum(lefts)
 

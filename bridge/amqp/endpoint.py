@@ -53,6 +53,8 @@ _NACK_BACKOFF_FIRST: Final = 0.05
 _NACK_BACKOFF_MAX: Final = 2.0
 # How long to wait between checks while aio-pika has not yet swapped in the reopened channel.
 _REATTACH_POLL: Final = 0.05
+# Longest wait for a polite channel/connection close at shutdown.
+_CLOSE_HANDSHAKE: Final = 5.0
 
 
 class PublishResult(enum.Enum):
@@ -168,7 +170,9 @@ class EndpointPublisher:
         self._idle = asyncio.Event()
         self._idle.set()
         self._wake = asyncio.Event()
-        self._timed_out = False
+        # A channel given up on after a confirm timeout: never attach to it again, even while
+        # aio-pika still reports it open (its late confirms would carry stale delivery tags).
+        self._retired: aiormq.Channel | None = None
         self._closing = False
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -240,8 +244,9 @@ class EndpointPublisher:
         ch, self._ch = self._ch, None
         if self._robust is not None and not self._robust.is_closed:
             # Known aio-pika#668: restore may race the close during shutdown; nothing to keep.
+            # Bounded: on a black-holed link the close handshake never completes.
             with contextlib.suppress(Exception):
-                await self._robust.close()
+                await asyncio.wait_for(self._robust.close(), _CLOSE_HANDSHAKE)
         del ch
         return left
 
@@ -253,7 +258,7 @@ class EndpointPublisher:
         while True:
             await self._robust.ready()
             ch = cast(aiormq.Channel, await self._robust.get_underlay_channel())
-            if not ch.is_closed:
+            if not ch.is_closed and ch is not self._retired:
                 break
             # aio-pika swaps in the reopened channel from a task scheduled by the close; there
             # is no event for "the new underlay exists", so look again shortly.
@@ -268,13 +273,13 @@ class EndpointPublisher:
         return ch
 
     def _on_channel_closed(self, ch: aiormq.Channel, _fut: asyncio.Future[Any]) -> None:
+        if ch is self._ch:
+            self._detach("connection")
+
+    def _detach(self, reason: str) -> None:
         """Every unconfirmed message of the lost channel goes back to the front of the queue."""
-        if ch is not self._ch:
-            return
         self._ch = None
         lost = [e for e in self._window if not e.settled]
-        reason = "timeout" if self._timed_out else "connection"
-        self._timed_out = False
         self._window.clear()
         self._by_id.clear()
         for e in lost:
@@ -468,8 +473,9 @@ class EndpointPublisher:
     # -- timeouts ---------------------------------------------------------------------------
 
     async def _watchdog(self) -> None:
-        """A confirm overdue by ``publish_timeout`` recycles the channel (its messages are
-        re-published on the new one), so a stuck broker or link never hangs the endpoint."""
+        """A confirm overdue by ``publish_timeout`` retires the channel at once (its messages go
+        back to the queue) and closes it, escalating to the connection if even that hangs, so a
+        stuck broker or a black-holed link never hangs the endpoint (aio-pika#636)."""
         interval = max(0.05, self._publish_timeout / 4)
         while True:
             await asyncio.sleep(interval)
@@ -483,9 +489,21 @@ class EndpointPublisher:
                 self.endpoint,
                 self._publish_timeout,
             )
-            self._timed_out = True
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(ch.close(), self._publish_timeout)
+            self._retired = ch
+            self._detach("timeout")
+            await self._force_close(ch)
+
+    async def _force_close(self, ch: aiormq.Channel) -> None:
+        try:
+            await asyncio.wait_for(ch.close(), self._publish_timeout)
+            return
+        except Exception:  # whatever went wrong, the channel is not closing: escalate
+            log.warning("publisher %s: channel close hung; closing the connection", self.endpoint)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(
+                ch.connection.close(ConnectionError("publish confirm timeout")),
+                self._publish_timeout,
+            )
 
 
 def _properties(msg: Publishable) -> bytes:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from urllib.parse import urlsplit
 
 import aio_pika
 import aio_pika.abc
@@ -18,6 +19,7 @@ from tests.integration.amqp.helpers import (
     bound_queue,
     message,
 )
+from tests.integration.amqp.proxy import BlackholeProxy
 
 
 pytestmark = pytest.mark.integration
@@ -252,3 +254,45 @@ async def _delete_exchange(publisher: AmqpPublisher, name: str) -> None:
         await ch.exchange_delete(name)
     finally:
         await ch.close()
+
+
+@pytest.mark.parametrize("heartbeat", [1, 0], ids=["heartbeat", "no-heartbeat"])
+async def test_blackholed_link_times_out_and_recovers(
+    amqp_url: str,
+    amqp_connection: aio_pika.abc.AbstractRobustConnection,
+    heartbeat: int,
+) -> None:
+    """Silence mid-stream: confirms stop, the timeout recycles the channel (and, with no
+    heartbeat to notice, the connection), and everything arrives through a new connection."""
+    parts = urlsplit(amqp_url)
+    proxy = BlackholeProxy(parts.hostname or "127.0.0.1", parts.port or 5672)
+    await proxy.start()
+    via_proxy = parts._replace(
+        netloc=f"{parts.username}:{parts.password}@127.0.0.1:{proxy.port}",
+        query=f"heartbeat={heartbeat}&reconnect_interval=0.2",
+    ).geturl()
+    publisher = AmqpPublisher(via_proxy, connection_name=unique_name("bh"), publish_timeout=1)
+    await publisher.start()
+    try:
+        exchange = unique_name("ex")
+        await publisher.declare_exchange(exchange, "topic", auto_delete=True)
+        queue = await bound_queue(amqp_connection, exchange)
+        collector = Collector()
+        await queue.consume(collector, no_ack=True)
+        hooks = RecordingHooks()
+        ep = await publisher.channel_for("ep", hooks=hooks)
+        results = Results()
+        for i in range(100):
+            ep.submit(message(exchange, i), results)
+        await results.wait_for(100)
+        assert proxy.blackhole() == 1
+        for i in range(100, 200):
+            ep.submit(message(exchange, i), results)
+        await results.wait_for(200, within=60)
+        assert hooks.failures["timeout"] >= 1
+        ids = {message(exchange, i).message_id for i in range(200)}
+        await collector.wait_for(ids)
+        assert set(results.by_id.values()) == {PublishResult.CONFIRMED}
+    finally:
+        await publisher.close(5)
+        await proxy.close()
