@@ -43,8 +43,9 @@ install_promtool() {
   fi
   PROMTOOL="$PROM_CACHE/root/usr/bin/promtool"
   [[ -x "$PROMTOOL" ]] && return
-  command -v apt-get >/dev/null && command -v dpkg >/dev/null \
-    || die "promtool missing: need apt-get and dpkg (Debian/Ubuntu) or set PROMTOOL=/path/to/promtool"
+  if ! command -v apt-get >/dev/null || ! command -v dpkg >/dev/null; then
+    die "promtool missing: need apt-get and dpkg (Debian/Ubuntu) or set PROMTOOL=/path/to/promtool"
+  fi
   mkdir -p "$PROM_CACHE"
   echo "validate.sh: fetching promtool (Debian package prometheus) into .cache/promtool"
   # apt-get download needs only the package lists; refresh them once if they are missing/stale.
@@ -55,8 +56,8 @@ install_promtool() {
     (cd "$PROM_CACHE" && apt-get download prometheus >/dev/null 2>&1) \
       || die "apt-get download prometheus failed; run 'apt-get update' or set PROMTOOL=/path/to/promtool"
   fi
-  local deb
-  deb="$(ls -t "$PROM_CACHE"/prometheus_*.deb | head -n1)"
+  local deb debs=("$PROM_CACHE"/prometheus_*.deb)
+  deb="${debs[-1]}"
   dpkg -x "$deb" "$PROM_CACHE/root" || die "dpkg -x $deb failed"
   rm -f "$PROM_CACHE"/prometheus_*.deb
   [[ -x "$PROMTOOL" ]] || die "no usr/bin/promtool in $deb"
@@ -90,6 +91,26 @@ json_parses() {
   done
 }
 
+metrics_lint() {
+  # The daemon's exposition (every family, one endpoint and credential bound) through
+  # promtool's naming lint. Needs the project venv (`make venv`); skipped without it.
+  local project_python="$ROOT/.venv/bin/python"
+  if [[ ! -x "$project_python" ]]; then echo "skipped: no .venv (run make venv)"; return 0; fi
+  "$project_python" - <<'PY' | "$PROMTOOL" check metrics
+import sys
+
+from prometheus_client import CollectorRegistry, generate_latest
+
+from bridge.metrics import Metrics
+
+registry = CollectorRegistry()
+metrics = Metrics(registry)
+metrics.endpoint("demo").message_received()
+metrics.credential("demo")
+sys.stdout.write(generate_latest(registry).decode())
+PY
+}
+
 # Gate on errors; warnings are printed for the reader. Any inline ignore carries its reason.
 check "hadolint Dockerfile" "$BIN/hadolint" --failure-threshold error Dockerfile
 check "compose schema" "$BIN/check-jsonschema" --builtin-schema vendor.compose-spec docker-compose.yml
@@ -106,6 +127,7 @@ check "promtool check rules" "$PROMTOOL" check rules deploy/prometheus/alerts.ym
 check "promtool test rules" "$PROMTOOL" test rules deploy/prometheus/alerts.test.yml
 check "alert runbooks and test coverage" "$BIN/python" deploy/check_alert_rules.py
 check "JSON parses" json_parses
+check "promtool check metrics (bridge.metrics)" metrics_lint
 
 if ((${#failed[@]})); then
   echo "validate.sh: ${#failed[@]} check(s) failed: ${failed[*]}" >&2
