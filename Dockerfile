@@ -19,12 +19,18 @@ RUN pip wheel --no-deps --wheel-dir /wheels . \
  && pip --python /opt/venv/bin/python install /wheels/*.whl
 
 FROM ${PYTHON_IMAGE} AS runtime
+# Set by CI: docker build --build-arg VERSION=... --build-arg REVISION=$(git rev-parse HEAD)
+# --build-arg SOURCE=https://... (a pre-FROM ARG must be re-declared to be used in a stage).
+ARG PYTHON_IMAGE
 ARG VERSION=0.1.0
+ARG REVISION=unknown
+ARG SOURCE=""
 LABEL org.opencontainers.image.title="cometd-bridge" \
       org.opencontainers.image.description="Forwards CometD (Bayeux) streams into RabbitMQ: nothing lost, fast, observable." \
       org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.source="${SOURCE}" \
       org.opencontainers.image.licenses="Apache-2.0" \
-      org.opencontainers.image.source="https://github.com/cometd-bridge/cometd-bridge" \
       org.opencontainers.image.base.name="${PYTHON_IMAGE}"
 
 # tini is PID 1: it forwards SIGTERM to the bridge (which drains on it) and reaps
