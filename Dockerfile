@@ -35,9 +35,11 @@ LABEL org.opencontainers.image.title="cometd-bridge" \
 
 # tini is PID 1: it forwards SIGTERM to the bridge (which drains on it) and reaps
 # zombies. The version is pinned to the one in the base image's Debian release.
+# The base's own pip/setuptools/wheel are build tools the runtime never uses: removed.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends tini=0.19.* \
- && rm -rf /var/lib/apt/lists/*
+ && rm -rf /var/lib/apt/lists/* \
+ && python -m pip uninstall --yes --quiet pip setuptools wheel
 
 # Numeric uid/gid so Kubernetes' runAsNonRoot can verify the user without /etc/passwd.
 RUN groupadd --system --gid 10001 bridge \
