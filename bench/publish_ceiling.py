@@ -114,9 +114,22 @@ async def bridge_publisher(conn: aio_pika.abc.AbstractRobustConnection, msgs: li
     await pub.close(5)
 
 
+async def bridge_publisher_futures(
+    conn: aio_pika.abc.AbstractRobustConnection, msgs: list[Msg]
+) -> None:
+    """bridge.amqp.EndpointPublisher with one future per message (publish())."""
+    from bridge.amqp import EndpointPublisher
+
+    pub = EndpointPublisher(conn, "bench", max_inflight=WINDOW, publish_timeout=30)
+    await pub.start()
+    await asyncio.gather(*(pub.publish(m) for m in msgs))
+    await pub.close(5)
+
+
 VARIANTS: dict[str, Callable[[Any, list[Msg]], Awaitable[None]]] = {
     "aio-pika pipelined": aio_pika_pipelined,
-    "bridge.amqp": bridge_publisher,
+    "bridge.amqp submit()": bridge_publisher,
+    "bridge.amqp publish()": bridge_publisher_futures,
 }
 
 
