@@ -241,13 +241,12 @@ class EndpointPublisher:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if left:
             log.warning("closing publisher %s with %d messages unconfirmed", self.endpoint, left)
-        ch, self._ch = self._ch, None
+        self._ch = None  # late confirms of the closing channel are ignored
         if self._robust is not None and not self._robust.is_closed:
             # Known aio-pika#668: restore may race the close during shutdown; nothing to keep.
             # Bounded: on a black-holed link the close handshake never completes.
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._robust.close(), _CLOSE_HANDSHAKE)
-        del ch
         return left
 
     # -- channel attachment -----------------------------------------------------------------
