@@ -713,6 +713,8 @@ class Client:
     def _mark_unconnected(self) -> None:
         if self._unconnected_since is None:
             self._unconnected_since = self._now()
+            # Waiting receivers recompute their deadline from connection_timeout.
+            self._wakeup.set()
 
     def _on_connected(self) -> None:
         self._attempt = 0
