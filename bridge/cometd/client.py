@@ -451,7 +451,12 @@ class Client:
             self._state = ClientState.RECONNECTING
             self._mark_unconnected()
             return self._transport_failure(exc, handshaking=False), str(exc)
+        multiple_clients = self._advice.multiple_clients
         self._advice = self._advice.merge(reply.get("advice"), self._transport_type())
+        if self._advice.multiple_clients and not multiple_clients:
+            # Another session shares our cookie (CometD maxSessionsPerBrowser): polls are no
+            # longer held, so latency and request rate go up.
+            log.warning("the server reports multiple clients sharing this browser session")
         successful = reply.get("successful") is True
         if not successful:
             self._state = ClientState.RECONNECTING

@@ -174,6 +174,6 @@ class WebSocketTransport(Transport):
             await self._drop(ws)
         cancel_quietly(reader)
         if reader is not None:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await reader
+            # wait() rather than await: never swallow a cancellation of close() itself.
+            await asyncio.wait({reader})
         self._fail_all(TransportConnectionClosed("transport closed"))

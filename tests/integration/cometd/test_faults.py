@@ -403,3 +403,25 @@ async def test_async_iteration_stops_when_closed(fake_bayeux: FakeBayeux) -> Non
             received.append(message)
             await client.close()
     assert [m["data"] for m in received] == [{"n": 1}]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_publish_and_subscribe_do_not_wait_for_the_held_poll(
+    recorder: Recorder, transport: ConnectionType
+) -> None:
+    server = FakeBayeux(timeout_ms=60_000)  # the poll is held for a minute
+    await server.start()
+    try:
+        async with Client(server.url, transport, listener=recorder) as client:
+            await server.wait_for("/meta/connect", 2)
+            async with asyncio.timeout(WAIT):
+                while server.stats()["held_connects"] < 1:
+                    await server.wait_for("/meta/connect", 2)
+            await client.subscribe(CHANNEL)
+            reply = await client.publish("/fake/elsewhere", {"n": 1})
+            assert reply["successful"] is True
+            # Both answered while the same poll is still parked on the server.
+            assert server.stats()["held_connects"] == 1
+            assert server.count("/meta/connect") == 2
+    finally:
+        await server.stop()
