@@ -15,6 +15,7 @@ from bridge.cometd import (
     ConnectionType,
     ServerError,
     TransportConnectionClosed,
+    TransportTimeoutError,
     events,
 )
 from tests.fakes.fake_bayeux import (
@@ -29,6 +30,7 @@ from tests.fakes.fake_bayeux import (
     http_status,
     patch_reply,
     raw_body,
+    replace_replies,
     server_disconnect,
     stale_connect_reply,
 )
@@ -425,3 +427,18 @@ async def test_publish_and_subscribe_do_not_wait_for_the_held_poll(
             assert server.count("/meta/connect") == 2
     finally:
         await server.stop()
+
+
+async def test_websocket_reply_deadline_is_per_message(
+    fake_bayeux: FakeBayeux, recorder: Recorder
+) -> None:
+    # The server swallows publishes to one channel: that publish times out on its own
+    # deadline while the session (and its held poll on the same socket) carries on.
+    fake_bayeux.on("/fake/void", replace_replies([]))
+    client = make_client(fake_bayeux, recorder, ConnectionType.WEBSOCKET, network_delay=0.5)
+    async with client:
+        await client.subscribe(CHANNEL)
+        with pytest.raises(TransportTimeoutError):
+            await client.publish("/fake/void", {"n": 0})
+        assert await publish_and_receive(fake_bayeux, client, 3) == [0, 1, 2]
+        assert recorder.count(events.Reconnecting) == 0
