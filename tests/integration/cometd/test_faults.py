@@ -208,14 +208,17 @@ async def test_oversize_response_is_a_transport_error(
 async def test_failures_without_advice_back_off_then_escalate_to_handshake(
     fake_bayeux: FakeBayeux, recorder: Recorder
 ) -> None:
+    # maxInterval comes only with the handshake; later advice without it must not erase it.
+    handshake_advice = {"reconnect": "retry", "interval": 0, "timeout": 1000, "maxInterval": 500}
+    fake_bayeux.on("/meta/handshake", patch_reply(advice=handshake_advice), nth=1)
     async with make_client(fake_bayeux, recorder, ConnectionType.LONG_POLLING) as client:
         await client.subscribe(CHANNEL)
         count = fake_bayeux.count("/meta/connect")
         fake_bayeux.on("/meta/connect", fail_reply("500::boom"), nth=count + 1, times=1000)
         fake_bayeux.on("/meta/connect", drop_advice(), nth=count + 1, times=1000)
         fake_bayeux.publish(CHANNEL, {"n": -1})
-        # timeout (1 s) + interval (0) + maxInterval (default 10 s: the fake does not send it)
-        # without a successful connect: straight to a handshake.
+        # timeout (1 s) + interval (0) + maxInterval (0.5 s) without a successful connect:
+        # straight to a handshake.
         await recorder.wait(
             lambda: any(e.reason == "max_interval" for e in recorder.of(events.Reconnecting))
         )
