@@ -26,10 +26,14 @@ class Recorder:
     def __init__(self) -> None:
         self.events: list[events.ClientEvent] = []
         self._changed = asyncio.Condition()
+        self._tasks: set[asyncio.Task[None]] = set()  # strong refs until each has run
 
     def __call__(self, event: events.ClientEvent) -> None:
+        # The listener is synchronous; notifying waiters needs the condition's lock.
         self.events.append(event)
-        asyncio.get_running_loop().create_task(self._notify())
+        task = asyncio.get_running_loop().create_task(self._notify())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _notify(self) -> None:
         async with self._changed:
