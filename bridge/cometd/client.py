@@ -109,10 +109,12 @@ class Client:
     """A CometD client that keeps a session open in the background.
 
     Messages are fetched before :meth:`receive` is called. Fetching (sending the next
-    ``/meta/connect``) stops while ``pending_count >= max_pending_count`` and resumes when the
-    consumer makes room (``FetchPaused``/``FetchResumed`` events, ``state == "paused"``).
+    ``/meta/connect``) stops while ``pending_count >= max_pending_count`` (or, when given,
+    ``pending_bytes >= max_pending_bytes``; bytes are approximate: each response's size shared
+    evenly among its messages) and resumes when the consumer makes room
+    (``FetchPaused``/``FetchResumed`` events, ``state == "paused"``).
     A response already received is always accepted whole, so nothing is ever dropped:
-    ``pending_count`` may exceed ``max_pending_count`` by the size of one response (on
+    the buffer may exceed its bounds by the size of one response (on
     WebSocket, also by events the server pushes outside ``/meta/connect`` replies). A session
     that expired while paused is re-handshaken (reason ``buffer_full``) and resubscribed.
     ``max_pending_count <= 0`` means unbounded.
@@ -129,6 +131,7 @@ class Client:
         *,
         connection_timeout: float | None = 10.0,
         max_pending_count: int = 100,
+        max_pending_bytes: int | None = None,
         extensions: Sequence[Extension] | None = None,
         auth: AuthExtension | None = None,
         ssl: Any = None,
@@ -150,6 +153,7 @@ class Client:
         self.ssl = ssl
         self._connection_types = _connection_types(connection_types)
         self._max_pending = max_pending_count
+        self._max_pending_bytes = max_pending_bytes
         self._headers = dict(headers or {})
         self._json_dumps = json_dumps
         self._json_loads = json_loads
@@ -171,6 +175,8 @@ class Client:
         self._websocket_refused = False
         self._subscriptions: dict[str, None] = {}  # an ordered set
         self._buffer: deque[Message] = deque()
+        self._sizes: deque[int] = deque()  # parallel to _buffer: approximate bytes
+        self._pending_bytes = 0
         self._errors: deque[CometdError] = deque()
         self._fatal: CometdError | None = None
         self._wakeup = asyncio.Event()
@@ -205,6 +211,11 @@ class Client:
     def pending_count(self) -> int:
         """Messages received and not yet returned by :meth:`receive` (exact)."""
         return len(self._buffer)
+
+    @property
+    def pending_bytes(self) -> int:
+        """Approximate bytes of the pending messages (each response's size shared evenly)."""
+        return self._pending_bytes
 
     @property
     def has_pending_messages(self) -> bool:
@@ -327,7 +338,8 @@ class Client:
         while True:
             if self._buffer and not self._errors:
                 message = self._buffer.popleft()
-                if self._fetch_paused and len(self._buffer) < self._max_pending:
+                self._pending_bytes -= self._sizes.popleft()
+                if self._fetch_paused and not self._full():
                     self._room.set()
                 return message
             await self._wait_for_message()
@@ -341,7 +353,9 @@ class Client:
                 buffer = self._buffer
                 count = min(limit, len(buffer))
                 messages = [buffer.popleft() for _ in range(count)]
-                if self._fetch_paused and len(buffer) < self._max_pending:
+                sizes = self._sizes
+                self._pending_bytes -= sum(sizes.popleft() for _ in range(count))
+                if self._fetch_paused and not self._full():
                     self._room.set()
                 return messages
             await self._wait_for_message()
@@ -501,13 +515,13 @@ class Client:
 
     async def _wait_for_room(self) -> Decision | None:
         """Back-pressure: hold the next /meta/connect while the buffer is full."""
-        if self._max_pending <= 0 or len(self._buffer) < self._max_pending:
+        if not self._full():
             return None
         self._fetch_paused = True
         self._paused_since_connect = True
         self._state = ClientState.PAUSED
         self._emit(FetchPaused(len(self._buffer)))
-        while len(self._buffer) >= self._max_pending:
+        while self._full():
             self._room.clear()
             await self._room.wait()
         self._fetch_paused = False
@@ -647,13 +661,21 @@ class Client:
         for extension in self.extensions:
             await extension.incoming(payload, headers)
 
-    def _deliver(self, messages: list[Message]) -> None:
+    def _full(self) -> bool:
+        if 0 < self._max_pending <= len(self._buffer):
+            return True
+        limit = self._max_pending_bytes
+        return limit is not None and self._pending_bytes >= limit
+
+    def _deliver(self, messages: list[Message], size: int) -> None:
         """Take events (and unsolicited replies) the transport did not match to a request."""
         buffer = self._buffer
+        sizes = self._sizes
         before = len(buffer)
         for message in messages:
             if is_event(message):
                 buffer.append(message)
+                sizes.append(size)
             elif message.get("channel") == META_DISCONNECT and self._state not in (
                 ClientState.CLOSING,
                 ClientState.CLOSED,
@@ -662,6 +684,7 @@ class Client:
                 self._set_fatal(ServerError(_CLOSED_BY_SERVER, message))
             # Anything else is a stale or unsolicited reply: discarded.
         if len(buffer) != before:
+            self._pending_bytes += size * (len(buffer) - before)
             self._wakeup.set()
 
     def _on_skipped(self, reason: str, detail: str) -> None:

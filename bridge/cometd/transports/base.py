@@ -63,7 +63,8 @@ class TransportHooks:
 
     outgoing: Callable[[list[Message], MutableMapping[str, str]], Awaitable[None]]
     incoming: Callable[[list[Message], Mapping[str, str] | None], Awaitable[None]]
-    on_messages: Callable[[list[Message]], None]
+    #: ``(messages, size)``: ``size`` is each message's share of its response's bytes.
+    on_messages: Callable[[list[Message], int], None]
     on_skipped: Callable[[str, str], None]
 
 

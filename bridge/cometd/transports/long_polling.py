@@ -57,7 +57,7 @@ class LongPollingTransport(Transport):
         await self.hooks.incoming(messages, response_headers)
         replies, rest = split_replies(payload, messages)
         if rest:
-            self.hooks.on_messages(rest)
+            self.hooks.on_messages(rest, len(raw) // len(messages))
         return replies
 
     async def close(self) -> None:

@@ -152,7 +152,7 @@ class WebSocketTransport(Transport):
                     continue
             rest.append(message)
         if rest:
-            self.hooks.on_messages(rest)
+            self.hooks.on_messages(rest, len(text) // len(messages))
 
     def _fail_all(self, error: Exception) -> None:
         for _, future in self._waiting.values():

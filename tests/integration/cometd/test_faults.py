@@ -445,3 +445,28 @@ async def test_websocket_reply_deadline_is_per_message(
             await client.publish("/fake/void", {"n": 0})
         assert await publish_and_receive(fake_bayeux, client, 3) == [0, 1, 2]
         assert recorder.count(events.Reconnecting) == 0
+
+
+async def test_pending_bytes_bound_pauses_fetching(
+    fake_bayeux: FakeBayeux, recorder: Recorder
+) -> None:
+    client = make_client(
+        fake_bayeux,
+        recorder,
+        ConnectionType.LONG_POLLING,
+        max_pending_count=1000,
+        max_pending_bytes=2000,
+    )
+    async with client:
+        await client.subscribe(CHANNEL)
+        await fake_bayeux.wait_for("/meta/connect", 2)
+        for n in range(10):
+            fake_bayeux.publish(CHANNEL, {"n": n, "pad": "x" * 500})
+        await recorder.wait_count(events.FetchPaused, 1)
+        assert client.pending_count == 10  # far below the count bound
+        assert client.pending_bytes >= 5000
+        async with asyncio.timeout(WAIT):
+            got = [m["data"]["n"] for m in await client.receive_many(100)]
+        assert got == list(range(10))
+        assert client.pending_bytes == 0
+        await recorder.wait_count(events.FetchResumed, 1)

@@ -20,7 +20,7 @@ class Sink:
         async def nothing(*args: Any) -> None:
             return None
 
-        return TransportHooks(nothing, nothing, lambda messages: None, self.on_skipped)
+        return TransportHooks(nothing, nothing, lambda messages, size: None, self.on_skipped)
 
     def on_skipped(self, reason: str, detail: str) -> None:
         self.skipped.append((reason, detail))
