@@ -77,6 +77,11 @@ async def test_cookie_jar_works_on_ip_literal_host(
         await client.subscribe(CHANNEL)
         assert await publish_and_receive(fake_bayeux, client, 10) == list(range(10))
     assert recorder.count(events.Handshaken) == 1
+    # The first connect after the handshake asks for an immediate reply; later ones do not.
+    connects = fake_bayeux.messages("/meta/connect")
+    assert connects[0]["advice"] == {"timeout": 0}
+    assert all("advice" not in c for c in connects[1:])
+    assert len({c["id"] for c in connects}) == len(connects)
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
