@@ -33,15 +33,23 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy --strict bridge
 
+## lint-deploy: image, compose, Kubernetes, Prometheus rules, dashboard (no Docker/cluster needed)
+lint-deploy: venv
+	bash deploy/validate.sh
+
 pytest: venv node-deps rabbitmq
 	$(BIN)/pytest
 
 ## test: everything CI checks
-test: venv node-deps rabbitmq lint typecheck pytest
+test: venv node-deps rabbitmq lint typecheck lint-deploy pytest
 
 ## demo: an embedded demo CometD source streaming into the local RabbitMQ
 demo: venv rabbitmq
 	$(BIN)/cometd-bridge demo
 
+## bench: throughput, latency and memory against a naive baseline and the source/sink ceilings
+bench: venv node-deps rabbitmq
+	$(BIN)/python bench/run.py
+
 clean:
-	rm -rf $(VENV) tests/servers/node_modules .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-deploy .cache tests/servers/node_modules .pytest_cache .mypy_cache .ruff_cache
