@@ -13,8 +13,14 @@ from __future__ import annotations
 
 from bridge.auth.credential import Credential, CredentialClosed, CredentialRegistry
 from bridge.auth.errors import LIMIT_LABELS, Failure, FailureKind, classify_failure, limit_label
-from bridge.auth.extension import Placement, TokenAuthExtension
-from bridge.auth.factory import build_source, credential_for, credential_key, extension_for
+from bridge.auth.extension import Placement, TokenAuthExtension, TokenUnavailable
+from bridge.auth.factory import (
+    build_source,
+    credential_for,
+    credential_key,
+    extension_for,
+    resolve_endpoint_url,
+)
 from bridge.auth.hooks import AuthHooks, NullAuthHooks, PrometheusAuthHooks, RefreshResult
 from bridge.auth.tokens import (
     ClientCredentials,
@@ -34,8 +40,10 @@ __all__ = [
     "CredentialRegistry",
     "TokenAuthExtension",
     "Placement",
+    "TokenUnavailable",
     "credential_for",
     "extension_for",
+    "resolve_endpoint_url",
     "build_source",
     "credential_key",
     "Token",

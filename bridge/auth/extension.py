@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import Literal
 
 from bridge.auth.credential import Credential
-from bridge.auth.tokens import Token
+from bridge.auth.tokens import Token, TokenError
+from bridge.cometd.exceptions import TransportConnectionClosed
+from bridge.cometd.extensions import AuthExtension, Headers, Payload
 
 
-__all__ = ["TokenAuthExtension", "Placement"]
+__all__ = ["TokenAuthExtension", "Placement", "TokenUnavailable"]
 
 Placement = Literal["header", "ext"]
 
 
-class TokenAuthExtension:
+class TokenUnavailable(TransportConnectionClosed):
+    """No usable token (the token endpoint is down or refuses us): nothing can be sent.
+
+    A transport error on purpose: the client then reconnects with its backoff and reports the
+    endpoint down, instead of dying on an extension failure or sending an expired token.
+    """
+
+
+class TokenAuthExtension(AuthExtension):
     """Adds the current token to what the client sends; renews it when the server rejects it.
 
     ``header``: ``Authorization: Bearer <token>`` on every HTTP request, and on the WebSocket
@@ -42,8 +53,11 @@ class TokenAuthExtension:
     def __repr__(self) -> str:
         return f"TokenAuthExtension({self.credential.name!r}, placement={self.placement!r})"
 
-    async def outgoing(self, payload: list[dict[str, Any]], headers: dict[str, str]) -> None:
-        token = await self.credential.get()
+    async def outgoing(self, payload: Payload, headers: Headers) -> None:
+        try:
+            token = await self.credential.get()
+        except TokenError as exc:
+            raise TokenUnavailable(f"credential {self.credential.name}: {exc}") from exc
         self._sent = token
         value = token.access_token.get_secret_value()
         if self.placement == "header":
@@ -57,9 +71,7 @@ class TokenAuthExtension:
                     node = node.setdefault(key, {})
                 node[self.ext_path[-1]] = value
 
-    async def incoming(
-        self, payload: list[dict[str, Any]], headers: dict[str, str] | None = None
-    ) -> None:
+    async def incoming(self, payload: Payload, headers: Mapping[str, str] | None = None) -> None:
         return None
 
     async def authenticate(self) -> None:

@@ -19,7 +19,13 @@ from bridge.auth.tokens import (
 )
 
 
-__all__ = ["build_source", "credential_key", "credential_for", "extension_for"]
+__all__ = [
+    "build_source",
+    "credential_key",
+    "credential_for",
+    "extension_for",
+    "resolve_endpoint_url",
+]
 
 # Fields that say where the token goes, not which credential it is: endpoints that differ only
 # in these still share one credential (one token, one refresh).
@@ -112,3 +118,12 @@ def extension_for(
     if credential is None:
         return None
     return TokenAuthExtension(credential, auth.placement, auth.ext_path)
+
+
+async def resolve_endpoint_url(endpoint: Any, extension: TokenAuthExtension | None) -> str:
+    """The endpoint's CometD URL. When its auth kind derives it (Salesforce: ``url`` unset),
+    a token is fetched first and its ``instance_url`` gives ``<instance_url>/cometd/<api>``."""
+    if endpoint.url is not None or extension is None:
+        return str(endpoint.resolve_url())
+    token = await extension.credential.get()
+    return str(endpoint.resolve_url(token.instance_url))
