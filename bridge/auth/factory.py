@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Hashable
-from typing import Any
 
 from pydantic import BaseModel, SecretStr
 
@@ -16,6 +15,15 @@ from bridge.auth.tokens import (
     SalesforceJwt,
     StaticToken,
     TokenSource,
+)
+from bridge.settings import (
+    AuthSettings,
+    BearerAuth,
+    Endpoint,
+    NoAuth,
+    OAuth2ClientCredentialsAuth,
+    OAuth2RefreshTokenAuth,
+    SalesforceJwtAuth,
 )
 
 
@@ -38,14 +46,11 @@ def _required(value: SecretStr | None, field: str) -> SecretStr:
     return value
 
 
-def build_source(auth: Any) -> TokenSource | None:
-    """The token source for an ``AuthSettings`` model (None for kind ``none``)."""
-    kind = auth.kind
-    if kind == "none":
-        return None
-    if kind == "bearer":
+def build_source(auth: AuthSettings) -> TokenSource | None:
+    """The token source for an endpoint's ``auth`` settings (None for kind ``none``)."""
+    if isinstance(auth, BearerAuth):
         return StaticToken(_required(auth.token, "token"))
-    if kind == "oauth2_client_credentials":
+    if isinstance(auth, OAuth2ClientCredentialsAuth):
         return ClientCredentials(
             str(auth.token_url),
             auth.client_id,
@@ -53,14 +58,14 @@ def build_source(auth: Any) -> TokenSource | None:
             scope=auth.scope,
             client_auth=auth.client_auth,
         )
-    if kind == "oauth2_refresh_token":
+    if isinstance(auth, OAuth2RefreshTokenAuth):
         return RefreshToken(
             str(auth.token_url),
             auth.client_id,
             _required(auth.refresh_token, "refresh_token"),
             auth.client_secret,
         )
-    if kind == "salesforce_jwt":
+    if isinstance(auth, SalesforceJwtAuth):
         return SalesforceJwt(
             str(auth.login_url),
             auth.client_id,
@@ -68,7 +73,7 @@ def build_source(auth: Any) -> TokenSource | None:
             _required(auth.private_key, "private_key"),
             token_lifetime=auth.token_lifetime,
         )
-    raise ValueError(f"unknown auth kind {kind!r}")
+    return None
 
 
 def credential_key(auth: BaseModel) -> Hashable:
@@ -87,19 +92,19 @@ def credential_key(auth: BaseModel) -> Hashable:
 
 
 def credential_for(
-    registry: CredentialRegistry, auth: Any, endpoint_name: str
+    registry: CredentialRegistry, auth: AuthSettings, endpoint_name: str
 ) -> Credential | None:
     """The shared credential for an endpoint's ``auth`` (None for kind ``none``).
 
     Its name (the ``credential`` metric label) is ``auth.name`` or the first endpoint using it.
     """
-    if auth.kind == "none":
+    if isinstance(auth, NoAuth):
         return None
     hooks: AuthHooks = registry.hooks
 
     def create() -> Credential:
         source = build_source(auth)
-        assert source is not None
+        assert source is not None  # every kind but "none" has a source
         return Credential(
             auth.name or endpoint_name,
             source,
@@ -111,7 +116,7 @@ def credential_for(
 
 
 def extension_for(
-    registry: CredentialRegistry, auth: Any, endpoint_name: str
+    registry: CredentialRegistry, auth: AuthSettings, endpoint_name: str
 ) -> TokenAuthExtension | None:
     """The client's auth extension for an endpoint (None for kind ``none``)."""
     credential = credential_for(registry, auth, endpoint_name)
@@ -120,10 +125,10 @@ def extension_for(
     return TokenAuthExtension(credential, auth.placement, auth.ext_path)
 
 
-async def resolve_endpoint_url(endpoint: Any, extension: TokenAuthExtension | None) -> str:
+async def resolve_endpoint_url(endpoint: Endpoint, extension: TokenAuthExtension | None) -> str:
     """The endpoint's CometD URL. When its auth kind derives it (Salesforce: ``url`` unset),
     a token is fetched first and its ``instance_url`` gives ``<instance_url>/cometd/<api>``."""
     if endpoint.url is not None or extension is None:
-        return str(endpoint.resolve_url())
+        return endpoint.resolve_url()
     token = await extension.credential.get()
-    return str(endpoint.resolve_url(token.instance_url))
+    return endpoint.resolve_url(token.instance_url)
