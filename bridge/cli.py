@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import structlog
 
-from bridge import __version__
+from bridge import __version__, positions_cli
 from bridge.logging import configure_logging
 from bridge.settings import ConfigError, Settings, load_settings, redacted_dump, unknown_variables
 
@@ -45,16 +45,8 @@ def _parser() -> argparse.ArgumentParser:
         "--count", type=int, default=0, help="stop after this many messages arrived (0: never)"
     )
     demo.add_argument("--http-port", type=int, default=8080, help="metrics/health port (8080)")
-    _add_positions(sub)
-    return parser
-
-
-def _add_positions(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    try:
-        from bridge import positions_cli
-    except ImportError:  # pragma: no cover - the module ships with the package
-        return
     positions_cli.add_subparser(sub)
+    return parser
 
 
 def _load(env: dict[str, str] | None = None) -> Settings:
@@ -105,8 +97,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return run_demo(rate=args.rate, count=args.count, http_port=args.http_port)
         if command == "positions":
-            from bridge import positions_cli
-
             return int(positions_cli.run(args, os.environ))
     except SystemExit as exc:
         return int(exc.code or 0)
