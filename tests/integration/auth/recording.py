@@ -1,11 +1,13 @@
-"""AuthHooks that record every call and let a test await a condition on them."""
+"""Recorders for auth hooks and client events; tests await conditions on them (no sleeps)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 from bridge.auth import RefreshResult
+from bridge.cometd import events
 
 
 class RecordingHooks:
@@ -38,6 +40,34 @@ class RecordingHooks:
         self._waiters.append(waiter)
         try:
             async with asyncio.timeout(limit):
+                await waiter[1]
+        finally:
+            self._waiters.remove(waiter)
+
+
+class Events:
+    """Client listener recording events; tests await conditions on them."""
+
+    def __init__(self) -> None:
+        self.seen: list[events.ClientEvent] = []
+        self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
+
+    def __call__(self, event: events.ClientEvent) -> None:
+        self.seen.append(event)
+        for predicate, future in self._waiters:
+            if not future.done() and predicate():
+                future.set_result(None)
+
+    def count(self, kind: type[Any]) -> int:
+        return sum(1 for e in self.seen if isinstance(e, kind))
+
+    async def wait_for(self, predicate: Callable[[], bool]) -> None:
+        if predicate():
+            return
+        waiter = (predicate, asyncio.get_running_loop().create_future())
+        self._waiters.append(waiter)
+        try:
+            async with asyncio.timeout(60.0):
                 await waiter[1]
         finally:
             self._waiters.remove(waiter)

@@ -19,6 +19,7 @@ import pytest
 from bridge.auth import ClientCredentials, Credential, Placement, TokenAuthExtension
 from bridge.cometd import Client, ConnectionType, events
 from tests.fixtures.servers import SERVERS_DIR, NodeBayeuxServer
+from tests.integration.auth.recording import Events
 from tests.integration.auth.token_server import TokenServer
 
 
@@ -38,34 +39,6 @@ SETUPS = [
     ("faye", "websocket", "ext"),
     ("cometd", "long-polling", "ext"),
 ]
-
-
-class Events:
-    """Client listener recording events; tests await conditions on them."""
-
-    def __init__(self) -> None:
-        self.seen: list[events.ClientEvent] = []
-        self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
-
-    def __call__(self, event: events.ClientEvent) -> None:
-        self.seen.append(event)
-        for predicate, future in self._waiters:
-            if not future.done() and predicate():
-                future.set_result(None)
-
-    def count(self, kind: type[Any]) -> int:
-        return sum(1 for e in self.seen if isinstance(e, kind))
-
-    async def wait_for(self, predicate: Callable[[], bool]) -> None:
-        if predicate():
-            return
-        waiter = (predicate, asyncio.get_running_loop().create_future())
-        self._waiters.append(waiter)
-        try:
-            async with asyncio.timeout(WAIT):
-                await waiter[1]
-        finally:
-            self._waiters.remove(waiter)
 
 
 async def control(server: NodeBayeuxServer, method: str, path: str, body: Any = None) -> Any:
