@@ -95,12 +95,15 @@ async def test_stream_across_token_lifetimes_loses_nothing(
         server.url, ConnectionType(transport), auth=auth, listener=recorded
     ) as client:
         await client.subscribe(CHANNEL)
+        # One proactive refresh fails too: its retry, after a short backoff, still beats expiry.
+        token_server.fail_with(503, times=1)
         await server.publish(CHANNEL, COUNT, rate=RATE, wait=False)
         seqs = await receive_seqs(client, COUNT)
 
     assert seqs == list(range(1, COUNT + 1)), "messages lost, duplicated or reordered"
     # The stream crossed several expiries, each token replaced before it expired ...
     assert len(token_server.issued) >= 4
+    assert token_server.requests == len(token_server.issued) + 1  # the one failed request
     stats = await server.stats()
     assert stats["auth"]["rejected"] == 0
     assert stats["auth"]["expired"] == 0
