@@ -10,16 +10,35 @@ A message counts as delivered only when the broker confirmed it. A client sessio
 (server gone, session closed, ``connection_timeout``) is re-opened by :meth:`run` with
 jittered backoff; messages already handed to the publisher stay there and are confirmed (or
 re-published) whatever happens to the client.
+
+No loss across sessions and restarts (replay servers): each message's replay id enters the
+endpoint's :class:`~bridge.positions.PositionKeeper` when it is handed to the publisher and is
+confirmed there when the broker settled it, so the stored position never passes an unconfirmed
+message; every (re)subscription replays from it. The ack extension, where the server has it,
+acknowledges only broker-confirmed batches. Back-pressure, by server kind:
+
+- replay: a buffer full for longer than ``_PAUSE_GRACE`` ends the session on purpose
+  (reconnect reason ``buffer_full``); once the publisher is idle a new session replays from the
+  stored position, so the server, not the bridge, holds the backlog;
+- ack: the client stops fetching and the ack stays held, so the server keeps the unconfirmed
+  messages for as long as it keeps the session;
+- neither: the client stops fetching; a session that expired meanwhile may have taken messages
+  with it, which is counted (``possible_gaps_total{reason="session_expired"}``) and logged.
+
+A replay id older than the server's retention is a gap: counted, logged, published as a record
+to the control exchange, then handled by the endpoint's ``gap_policy``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import structlog
@@ -38,14 +57,26 @@ from bridge.cometd.events import (
     ServerClosed,
     SubscriptionFailed,
 )
-from bridge.cometd.exceptions import ClientInvalidOperation, CometdError
+from bridge.cometd.exceptions import ClientInvalidOperation, CometdError, ServerError
+from bridge.cometd.ext import (
+    AckExtension,
+    InvalidReplayId,
+    ReplayExtension,
+    ReplayGapError,
+    event_time_of,
+    gap_record,
+    gap_start,
+    initial_start,
+    invalid_replay_id,
+)
 from bridge.cometd.extensions import AuthExtension, Extension
 from bridge.metrics import EndpointMetrics
+from bridge.positions import PositionKeeper, PositionStoreError
 from bridge.routing import RoutedMessage, Router, RoutingError
 from bridge.settings import Endpoint
 
 
-__all__ = ["EndpointWorker", "EndpointStatus", "PublisherMetricsHooks"]
+__all__ = ["EndpointWorker", "EndpointStatus", "GapSink", "PublisherMetricsHooks"]
 
 log = structlog.get_logger("bridge.endpoint")
 
@@ -54,6 +85,18 @@ log = structlog.get_logger("bridge.endpoint")
 _RESTART_FIRST = 0.5
 _RESTART_MAX = 30.0
 _RESTART_RESET_AFTER = 60.0
+
+# How long a replay endpoint's buffer may stay full before its session is ended on purpose:
+# long enough to ride out a burst, short against any server's reconnect budget (Salesforce
+# 40 s, CometD's default maxInterval 10 s), so the server never expires a session we hold.
+_PAUSE_GRACE = 1.0
+
+GapSink = Callable[[str, Mapping[str, Any]], Awaitable[None]]
+"""``sink(endpoint, record)`` publishes a gap record to the control exchange (raises on failure)."""
+
+
+class _BufferFull(Exception):
+    """Internal: a replay session ended on purpose because the buffer stayed full."""
 
 
 class PublisherMetricsHooks:
@@ -85,13 +128,21 @@ class EndpointStatus:
     restarts: int = 0
     last_error: str | None = None
     subscribed: list[str] = field(default_factory=list)
+    delivery: str | None = None  # "replay", "ack" or "none": what the server supports
+    gaps: int = 0
+    last_gap: dict[str, Any] | None = None
 
 
 ClientFactory = Callable[..., Client]
 
 
 class EndpointWorker:
-    """Runs one endpoint until :meth:`stop`: client → router → publisher, restarted on failure."""
+    """Runs one endpoint until :meth:`stop`: client → router → publisher, restarted on failure.
+
+    ``positions`` (given when the endpoint replays) records what the broker confirmed;
+    ``gap_sink`` publishes gap records. Call :meth:`close` after the publisher settled, to
+    write the final positions.
+    """
 
     def __init__(
         self,
@@ -104,6 +155,8 @@ class EndpointWorker:
         extensions: Sequence[Extension] = (),
         url: str | None = None,
         client_factory: ClientFactory = Client,
+        positions: PositionKeeper | None = None,
+        gap_sink: GapSink | None = None,
     ) -> None:
         self.name = name
         self.config = config
@@ -112,17 +165,31 @@ class EndpointWorker:
         self._publisher = publisher
         self._metrics = metrics
         self._auth = auth
-        self._extensions = list(extensions)
         self._client_factory = client_factory
         self._router = Router.from_settings(name, config)
         self._client: Client | None = None
+        self._keeper = positions
+        self._gap_sink = gap_sink
+        # Created once and reused by every session: the replay extension reads the keeper's
+        # confirmed positions at send time, the ack extension starts over at each handshake.
+        start = initial_start(config.replay, config.replay_fallback)
+        self._replay = ReplayExtension(self._position, start) if start is not None else None
+        self._ack = AckExtension() if config.ack != "off" else None
+        self._extensions: list[Extension] = [
+            *extensions,
+            *(e for e in (self._replay, self._ack) if e is not None),
+        ]
+        self._keeper_task: asyncio.Task[None] | None = None
         self._outstanding = 0  # handed to the publisher, not yet settled
         self.received_total = 0  # data messages taken from the client and handed on
         self.confirmed_total = 0  # settled by the broker (confirmed or returned)
         self._room = asyncio.Event()
         self._room.set()
         self._stopping = asyncio.Event()
+        self._buffer_full = asyncio.Event()  # set: end the replay session on purpose
+        self._pause_timer: asyncio.TimerHandle | None = None
         self._up = False
+        self._failed = False
         self._log = log.bind(endpoint=name)
         metrics.pending_capacity.set(config.max_pending_count)
 
@@ -132,6 +199,11 @@ class EndpointWorker:
     def up(self) -> bool:
         """Handshaken, subscribed, and the publisher channel is open."""
         return self._up and self._publisher.ready
+
+    @property
+    def failed(self) -> bool:
+        """Stopped for good (gap policy ``fail``, unreadable positions); needs an operator."""
+        return self._failed
 
     @property
     def outstanding(self) -> int:
@@ -144,6 +216,15 @@ class EndpointWorker:
         client = self._client
         return client.pending_count if client is not None else 0
 
+    @property
+    def replay_active(self) -> bool:
+        """Replay is configured and the current (or last) server supports it."""
+        return self._replay is not None and self._replay.supported is True
+
+    @property
+    def ack_active(self) -> bool:
+        return self._ack is not None and self._ack.supported is True
+
     def refresh_gauges(self) -> None:
         """Set the level gauges (called periodically, not per message)."""
         m = self._metrics
@@ -151,10 +232,18 @@ class EndpointWorker:
         m.pending.set(self.buffered + self._outstanding)
         m.inflight.set(self._publisher.inflight)
 
+    def position_times(self) -> Iterator[tuple[str, str, float]]:
+        """(endpoint, channel, unix time the confirmed position last advanced), for
+        ``replay_position_age_seconds``."""
+        if self._keeper is None:
+            return
+        for channel, position in self._keeper.snapshot().items():
+            yield self.name, channel, position.updated_at
+
     def status_dict(self, now: float | None = None) -> dict[str, Any]:
         now = time.time() if now is None else now
         s = self.status
-        return {
+        result: dict[str, Any] = {
             "state": s.state,
             "up": self.up,
             "url": self.url,
@@ -169,13 +258,37 @@ class EndpointWorker:
             "restarts": s.restarts,
             "last_error": s.last_error,
             "channels": list(self.config.channels),
+            "replay": self.config.replay,
+            "gap_policy": self.config.gap_policy,
+            "delivery": s.delivery,
+            "gaps": s.gaps,
+            "last_gap": s.last_gap,
         }
+        if self._keeper is not None:
+            ages = self._keeper.ages(now)
+            result["positions"] = {
+                channel: {
+                    "replay_id": p.replay_id,
+                    "age_seconds": ages.get(channel, 0.0),
+                    "updated_at": p.updated_at,
+                    "event_time": p.event_time,
+                }
+                for channel, p in sorted(self._keeper.snapshot().items())
+            }
+            result["positions_unflushed"] = self._keeper.unflushed
+        return result
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Keep a session open and stream it until :meth:`stop`; never raises for a failure."""
+        """Keep a session open and stream it until :meth:`stop`; never raises for a failure.
+
+        Returns early, with ``state == "failed"``, when the endpoint cannot go on without an
+        operator (unreadable positions file, gap policy ``fail``): restarting would not help.
+        """
         structlog.contextvars.bind_contextvars(endpoint=self.name)
+        if not await self._start_positions():
+            return
         attempt = 0
         while not self._stopping.is_set():
             started = time.monotonic()
@@ -183,6 +296,12 @@ class EndpointWorker:
                 await self._session()
             except asyncio.CancelledError:
                 raise
+            except _BufferFull:
+                await self._wait_for_broker()
+                continue
+            except ReplayGapError as exc:
+                self._fail(str(exc))
+                return
             except Exception as exc:  # every failure of one session is retried, never fatal
                 self.status.last_error = _describe(exc)
                 self._log.warning("endpoint session ended", error=self.status.last_error)
@@ -210,6 +329,66 @@ class EndpointWorker:
         """Return once every message handed to the publisher is settled."""
         await self._publisher.wait_idle()
 
+    async def close(self) -> None:
+        """Write the final positions. Call it after :meth:`run` returned and the publisher
+        settled what it could: what is confirmed by then is what the next start resumes from."""
+        task, self._keeper_task = self._keeper_task, None
+        if task is None or self._keeper is None:
+            return
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        try:
+            await self._keeper.close()
+        except PositionStoreError as exc:
+            self._log.error("final replay positions could not be written", error=str(exc))
+            return
+        self._log.info(
+            "replay positions stored",
+            positions={ch: p.replay_id for ch, p in self._keeper.snapshot().items()},
+        )
+
+    def _fail(self, reason: str) -> None:
+        self._failed = True
+        self.status.state = "failed"
+        self.status.last_error = reason
+        self._log.error("endpoint stopped until an operator intervenes", reason=reason)
+
+    # -- positions ---------------------------------------------------------------------------
+
+    def _position(self, channel: str) -> int | None:
+        return None if self._keeper is None else self._keeper.position(channel)
+
+    async def _start_positions(self) -> bool:
+        """Load the stored positions (``replay=stored``) and start flushing; False if the
+        endpoint must not start (a corrupt file is never silently replaced by a fresh start)."""
+        keeper = self._keeper
+        if keeper is None:
+            return True
+        if self.config.replay == "stored":
+            try:
+                stored = await asyncio.to_thread(keeper.load)
+            except PositionStoreError as exc:
+                self._fail(f"cannot load stored replay positions: {exc}")
+                return False
+            self._log.info(
+                "replay positions loaded", positions={ch: p.replay_id for ch, p in stored.items()}
+            )
+        self._keeper_task = asyncio.create_task(
+            self._keep_positions(keeper), name=f"positions-{self.name}"
+        )
+        return True
+
+    async def _keep_positions(self, keeper: PositionKeeper) -> None:
+        while True:
+            try:
+                await keeper.run()
+            except PositionStoreError as exc:
+                # Positions stay in memory; the next flush tries again. Resuming after a crash
+                # would repeat more, never skip.
+                self.status.last_error = f"positions not written: {exc}"
+                self._log.error("replay positions could not be written", error=str(exc))
+                await asyncio.sleep(keeper.flush_interval)  # retry pace, not synchronisation
+
     # -- one client session ------------------------------------------------------------------
 
     async def _session(self) -> None:
@@ -219,16 +398,19 @@ class EndpointWorker:
             [ConnectionType(t) for t in self.config.connection_types],
             connection_timeout=self.config.connection_timeout,
             max_pending_count=self.config.max_pending_count,
+            max_pending_bytes=self.config.max_pending_bytes,
             extensions=self._extensions,
             auth=self._auth,
             headers=dict(self.config.headers),
             listener=self._on_client_event,
         )
         self._client = client
+        self._buffer_full.clear()
         try:
             await client.open()
+            self._note_delivery()
             for channel in self.config.channels:
-                await client.subscribe(channel)
+                await self._subscribe(client, channel)
             self.status.subscribed = sorted(client.subscriptions)
             self.status.state = "streaming"
             self._set_up(True)
@@ -236,10 +418,12 @@ class EndpointWorker:
                 "endpoint streaming",
                 connection_type=str(client.connection_type),
                 channels=self.status.subscribed,
+                delivery=self.status.delivery,
             )
             await self._pump(client)
         finally:
             self._set_up(False)
+            self._cancel_pause_timer()
             # Close politely, then publish whatever the client had already received: a
             # closed client still hands out its buffer, so nothing fetched is left behind.
             with contextlib.suppress(Exception):
@@ -247,28 +431,92 @@ class EndpointWorker:
             await self._drain_buffer(client)
             self._client = None
 
+    def _note_delivery(self) -> None:
+        """Log once per change what the server offers: replay, ack, or neither."""
+        delivery = "replay" if self.replay_active else "ack" if self.ack_active else "none"
+        if delivery == self.status.delivery:
+            return
+        self.status.delivery = delivery
+        if self._replay is not None and delivery != "replay":
+            self._log.warning(
+                "the server does not replay: a lost session can lose messages", delivery=delivery
+            )
+        elif self.config.ack == "on" and self._replay is None and delivery != "ack":
+            self._log.warning("ack=on but the server does not acknowledge messages")
+
+    async def _subscribe(self, client: Client, channel: str) -> None:
+        try:
+            await client.subscribe(channel)
+        except ServerError as exc:
+            gap = self._gap_of(exc, channel)
+            if gap is None:
+                raise
+            await self._handle_gap(gap)
+            # From the policy's start now; a second refusal ends the session (and is retried).
+            await client.subscribe(channel)
+
     async def _pump(self, client: Client) -> None:
         stopping = self._stopping
         stop_wait = asyncio.ensure_future(stopping.wait())
+        full_wait = asyncio.ensure_future(self._buffer_full.wait())
         try:
             while not stopping.is_set():
+                if self._buffer_full.is_set():
+                    raise _BufferFull
                 room = self.config.max_inflight - self._outstanding
                 if room <= 0:
                     self._room.clear()
                     room_wait = asyncio.ensure_future(self._room.wait())
-                    await asyncio.wait({room_wait, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+                    await asyncio.wait(
+                        {room_wait, stop_wait, full_wait}, return_when=asyncio.FIRST_COMPLETED
+                    )
                     room_wait.cancel()
                     continue
                 receive = asyncio.ensure_future(client.receive_many(room))
-                await asyncio.wait({receive, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(
+                    {receive, stop_wait, full_wait}, return_when=asyncio.FIRST_COMPLETED
+                )
                 if not receive.done():
                     receive.cancel()
                     with contextlib.suppress(asyncio.CancelledError, CometdError):
                         await receive
-                    break
-                self._submit(receive.result())
+                    continue
+                try:
+                    messages = receive.result()
+                except ServerError as exc:
+                    # A failed resubscription after a re-handshake: a gap, or a real failure.
+                    subscription = _subscription_of(exc.response)
+                    gap = self._gap_of(exc, subscription)
+                    if gap is None or subscription is None:
+                        raise
+                    await self._handle_gap(gap)
+                    await self._subscribe(client, subscription)
+                    continue
+                self._submit(messages)
         finally:
             stop_wait.cancel()
+            full_wait.cancel()
+
+    async def _wait_for_broker(self) -> None:
+        """After ending a replay session because the buffer stayed full: wait until the broker
+        confirmed everything handed to it; the next session replays from there."""
+        self._metrics.reconnect("buffer_full")
+        self.status.reconnects += 1
+        self.status.state = "waiting_for_broker"
+        self._log.warning(
+            "buffer full: session ended on purpose; it resumes from the stored position once "
+            "the broker confirmed what is pending",
+            outstanding=self._outstanding,
+        )
+        idle = asyncio.ensure_future(self.wait_settled())
+        stop = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({idle, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            idle.cancel()
+            stop.cancel()
+        self._buffer_full.clear()
+        self._metrics.fetch_paused.set(0)
 
     async def _drain_buffer(self, client: Client) -> None:
         while client.pending_count:
@@ -277,33 +525,60 @@ class EndpointWorker:
             except (ClientInvalidOperation, CometdError):
                 break
 
+    # -- publishing and confirms -------------------------------------------------------------
+
     def _submit(self, messages: list[dict[str, Any]]) -> None:
         now = time.time()
         route = self._router.route
         submit = self._publisher.submit
-        done = self._on_settled
+        keeper = self._keeper
+        tracked = keeper is not None or self._ack is not None
         routed = 0
+        repeats = 0
         for message in messages:
             try:
                 msg = route(message, now)
             except RoutingError as exc:
-                # Not silently dropped: counted and logged with what identifies it.
-                self._metrics.malformed("unroutable_message")
-                self._log.error(
-                    "server message cannot be routed; skipped",
-                    error=str(exc),
-                    channel=message.get("channel") if isinstance(message, dict) else None,
-                    message=repr(message)[:500],
-                )
+                self._skip(message, "unroutable_message", str(exc))
                 continue
-            submit(msg, done)
+            try:
+                # The original message rides along to its confirm when the ack extension
+                # needs it (its batch tag) or the position wants the event's own time.
+                submit(
+                    msg, partial(self._on_settled_tracked, message) if tracked else self._on_settled
+                )
+            except (ValueError, TypeError) as exc:  # can never be encoded (e.g. key > 255 bytes)
+                self._skip(message, "unpublishable", str(exc))
+                continue
             routed += 1
+            replay_id = msg.replay_id
+            if keeper is not None and isinstance(replay_id, int):
+                position = keeper.position(msg.channel)
+                if position is not None and replay_id <= position:
+                    repeats += 1  # already confirmed once: a replay after a reconnect
+                keeper.received(msg.channel, replay_id)
         if routed:
             self._outstanding += routed
             self.received_total += routed
             self._metrics.received.inc(routed)
             self._metrics.last_message_timestamp.set(now)
             self.status.last_message_at = now
+        if repeats:
+            self._metrics.duplicates_redelivered.inc(repeats)
+
+    def _skip(self, message: Any, reason: str, error: str) -> None:
+        # Not silently dropped: counted and logged with what identifies it; acknowledged so the
+        # ack never sticks behind a message that can never be published.
+        self._metrics.malformed(reason)
+        self._log.error(
+            "server message cannot be published; skipped",
+            reason=reason,
+            error=error,
+            channel=message.get("channel") if isinstance(message, dict) else None,
+            message=repr(message)[:500],
+        )
+        if self._ack is not None and isinstance(message, dict):
+            self._ack.confirm(message)
 
     def _on_settled(self, msg: RoutedMessage, result: PublishResult) -> None:
         self._outstanding -= 1
@@ -313,6 +588,52 @@ class EndpointWorker:
         self._metrics.publish_latency.observe(time.time() - msg.timestamp)
         if self._outstanding < self.config.max_inflight:
             self._room.set()
+
+    def _on_settled_tracked(
+        self, original: dict[str, Any], msg: RoutedMessage, result: PublishResult
+    ) -> None:
+        self._on_settled(msg, result)
+        replay_id = msg.replay_id
+        if self._keeper is not None and isinstance(replay_id, int):
+            self._keeper.confirmed(msg.channel, replay_id, event_time_of(original))
+        if self._ack is not None:
+            self._ack.confirm(original)
+
+    # -- replay gaps -------------------------------------------------------------------------
+
+    def _gap_of(self, exc: ServerError, channel: str | None) -> InvalidReplayId | None:
+        if self._replay is None:
+            return None
+        gap = invalid_replay_id(exc.response)
+        if gap is not None and not gap.channel and channel:
+            gap = dataclasses.replace(gap, channel=channel.split("?", 1)[0])
+        return gap
+
+    async def _handle_gap(self, gap: InvalidReplayId) -> None:
+        """Count, log and publish the gap, then apply the gap policy (``fail`` raises
+        :class:`ReplayGapError`)."""
+        policy = self.config.gap_policy
+        self._metrics.replay_gap(gap.channel)
+        record = gap_record(self.name, gap, policy, time.time())
+        self.status.gaps += 1
+        self.status.last_gap = record
+        self._log.error(
+            "replay position is older than the server's retention: events after it are lost",
+            channel=gap.channel,
+            replay_id=gap.replay_id,
+            gap_policy=policy,
+            server_error=gap.error,
+        )
+        if self._gap_sink is not None:
+            try:
+                await self._gap_sink(self.name, record)
+            except Exception as exc:  # the metric and the log still tell; never hide the policy
+                self._log.error("gap record could not be published", error=_describe(exc))
+        start = gap_start(policy, self.name, gap)
+        if self._keeper is not None:
+            self._keeper.reset(gap.channel, None)
+        assert self._replay is not None  # _gap_of only finds gaps when replaying
+        self._replay.set_start(gap.channel, start)
 
     # -- client events → status and metrics --------------------------------------------------
 
@@ -330,6 +651,7 @@ class EndpointWorker:
             if event.error:
                 s.last_error = event.error
             self._log.info("reconnecting", reason=event.reason, delay=round(event.delay, 2))
+            self._note_lost_session(event.reason)
         elif isinstance(event, Connected):
             if self._up:
                 s.state = "streaming"
@@ -338,8 +660,13 @@ class EndpointWorker:
         elif isinstance(event, FetchPaused):
             m.fetch_paused.set(1)
             s.state = "paused"
+            if self.replay_active and self._pause_timer is None:
+                loop = asyncio.get_running_loop()
+                self._pause_timer = loop.call_later(_PAUSE_GRACE, self._buffer_full.set)
         elif isinstance(event, FetchResumed):
-            m.fetch_paused.set(0)
+            self._cancel_pause_timer()
+            if not self._buffer_full.is_set():
+                m.fetch_paused.set(0)
             if self._up:
                 s.state = "streaming"
         elif isinstance(event, SubscriptionFailed):
@@ -351,9 +678,34 @@ class EndpointWorker:
         elif isinstance(event, ServerClosed):
             s.last_error = f"server closed the session: {event.error}"
 
+    def _note_lost_session(self, reason: str) -> None:
+        """A server without replay forgets what it queued for a session it dropped."""
+        if self.replay_active or reason not in ("buffer_full", "unknown_session"):
+            return
+        gap_reason = "session_expired" if reason == "buffer_full" else "session_lost"
+        self._metrics.possible_gap(gap_reason)
+        self._log.warning(
+            "the server dropped the session; messages it had queued for it may be lost "
+            "(the server offers no replay)",
+            reason=gap_reason,
+            delivery=self.status.delivery,
+        )
+
+    def _cancel_pause_timer(self) -> None:
+        timer, self._pause_timer = self._pause_timer, None
+        if timer is not None:
+            timer.cancel()
+
     def _set_up(self, up: bool) -> None:
         self._up = up
         self._metrics.up.set(1 if self.up else 0)
+
+
+def _subscription_of(response: Mapping[str, Any] | None) -> str | None:
+    subscription = response.get("subscription") if response else None
+    if isinstance(subscription, list):
+        subscription = subscription[0] if subscription else None
+    return subscription if isinstance(subscription, str) else None
 
 
 def _describe(exc: BaseException) -> str:

@@ -6,22 +6,29 @@ An endpoint that fails restarts itself with backoff and never takes the others d
 
 Shutdown (SIGTERM/SIGINT or :meth:`Supervisor.stop`): readiness goes false, every worker stops
 fetching and hands its received messages to the publisher, confirms are awaited up to
-``shutdown_timeout`` (what is left is reported by count), clients disconnect politely, and the
-AMQP connection closes.
+``shutdown_timeout`` (what is left is reported by count), clients disconnect politely, the
+replay positions (what the broker confirmed) are written, and the AMQP connection closes.
+
+Replay gaps are published as JSON records to ``control_exchange`` (a durable topic exchange,
+routing key ``replay_gap.<endpoint>``) on a channel of their own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import platform
 import random
 import signal
 import socket
 import time
+from collections.abc import Iterator, Mapping
 from typing import Any
 
+import aio_pika
+import aio_pika.abc
 import structlog
 from aiohttp import web
 
@@ -31,6 +38,7 @@ from bridge.auth import CredentialRegistry, PrometheusAuthHooks, extension_for
 from bridge.endpoint import EndpointWorker, PublisherMetricsHooks
 from bridge.http import start_http_server
 from bridge.metrics import Metrics
+from bridge.positions import PositionKeeper, PositionStore
 from bridge.settings import Settings
 
 
@@ -65,6 +73,9 @@ class Supervisor:
         self._started_at = time.time()
         self._http: web.AppRunner | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._control_channel: aio_pika.abc.AbstractChannel | None = None
+        self._control: aio_pika.abc.AbstractExchange | None = None
+        self._control_lock = asyncio.Lock()
         self.unconfirmed_at_exit = 0
 
     # -- readiness and status ----------------------------------------------------------------
@@ -144,6 +155,10 @@ class Supervisor:
     async def _start_workers(self) -> None:
         s = self.settings
         declared: set[str] = set()
+        if any(ep.replay != "off" for ep in s.endpoints.values()):
+            await self._publisher.declare_exchange(s.control_exchange, "topic")
+            declared.add(s.control_exchange)
+        store = PositionStore(s.state_dir)
         for name, ep in s.endpoints.items():
             if ep.exchange not in declared:
                 await self._publisher.declare_exchange(
@@ -158,10 +173,56 @@ class Supervisor:
                 max_inflight=ep.max_inflight,
             )
             auth = extension_for(self._credentials, ep.auth, name)
-            worker = EndpointWorker(name, ep, publisher=publisher, metrics=em, auth=auth)
+            keeper = None
+            if ep.replay != "off":
+                keeper = PositionKeeper(
+                    store,
+                    name,
+                    flush_every=s.position_flush_every,
+                    flush_interval=s.position_flush_interval,
+                )
+            worker = EndpointWorker(
+                name,
+                ep,
+                publisher=publisher,
+                metrics=em,
+                auth=auth,
+                positions=keeper,
+                gap_sink=self._publish_gap,
+            )
             self.workers[name] = worker
             self._tasks[name] = asyncio.create_task(worker.run(), name=f"endpoint-{name}")
+        self.metrics.set_position_source(self._position_times)
         log.info("endpoints started", endpoints=sorted(self.workers))
+
+    def _position_times(self) -> Iterator[tuple[str, str, float]]:
+        for worker in list(self.workers.values()):
+            yield from worker.position_times()
+
+    async def _publish_gap(self, endpoint: str, record: Mapping[str, Any]) -> None:
+        """Publish a gap record to the control exchange and wait for the broker's confirm."""
+        async with self._control_lock:
+            channel = self._control_channel
+            if channel is None or channel.is_closed or self._control is None:
+                channel = await self._publisher.connection.channel(publisher_confirms=True)
+                self._control_channel = channel
+                self._control = await channel.get_exchange(
+                    self.settings.control_exchange, ensure=False
+                )
+            exchange = self._control
+        body = json.dumps(record, separators=(",", ":")).encode()
+        message = aio_pika.Message(
+            body,
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=f"{endpoint}:gap:{record.get('channel')}:{record.get('time')}",
+            timestamp=time.time(),
+            headers={"cometd-endpoint": endpoint, "type": str(record.get("type"))},
+        )
+        # With a timeout: aio-pika's publish can hang across a lost connection.
+        await exchange.publish(
+            message, routing_key=f"replay_gap.{endpoint}", timeout=self.settings.publish_timeout
+        )
 
     async def _refresh_gauges(self) -> None:
         while True:
@@ -184,6 +245,8 @@ class Supervisor:
             await asyncio.gather(*tasks, return_exceptions=True)
         remaining = max(0.1, deadline - (time.monotonic() - started))
         left = await self._publisher.close(remaining)
+        # Only now: every confirm that will ever come has moved the positions.
+        await asyncio.gather(*(w.close() for w in self.workers.values()))
         await self._credentials.aclose()
         self.unconfirmed_at_exit = left
         totals = {

@@ -183,6 +183,8 @@ class Client:
         self._room = asyncio.Event()
         self._fetch_paused = False
         self._paused_since_connect = False
+        self._polling = False  # a /meta/connect of the background task is in flight
+        self._closing = False
         self._first_connect = True
         self._attempt = 0
         self._unconnected_since: float | None = None
@@ -271,17 +273,30 @@ class Client:
         if self._closed:
             return
         self._state = ClientState.CLOSING
+        self._closing = True
         task, self._task = self._task, None
+        polite = self._fatal is None and self._factory.client_id is not None and self._transport
+        disconnected = False
+        if polite and task is not None and not task.done() and self._polling:
+            # Cancelling a held /meta/connect loses what the server flushes into it (it counts
+            # those messages as delivered). Disconnect first: the server answers the held
+            # connect, and the task, seeing _closing, stops once it has taken that reply.
+            await self._disconnect()
+            disconnected = True
+            await asyncio.wait({task}, timeout=min(self._network_delay, 2.0))
         if task is not None and not task.done():
             task.cancel()
             await asyncio.wait({task})
-        if self._fatal is None and self._factory.client_id is not None and self._transport:
-            message = self._factory.disconnect()
-            with contextlib.suppress(CometdError):
-                await self._send([message], min(self._network_delay, 2.0))
+        if polite and not disconnected:
+            await self._disconnect()
         if self._buffer:
             log.warning("closing CometD client with %d pending messages", len(self._buffer))
         await self._teardown()
+
+    async def _disconnect(self) -> None:
+        message = self._factory.disconnect()
+        with contextlib.suppress(CometdError):
+            await self._send([message], min(self._network_delay, 2.0))
 
     async def __aenter__(self) -> Client:
         await self.open()
@@ -403,7 +418,7 @@ class Client:
     async def _run(self, decision: Decision) -> None:
         error: str | None = None
         try:
-            while self._fatal is None:
+            while self._fatal is None and not self._closing:
                 if decision.action is Action.CLOSE:
                     break
                 if decision.reason is not None:
@@ -459,12 +474,20 @@ class Client:
         return POLL, None
 
     async def _connect_step(self) -> tuple[Decision, str | None]:
+        self._polling = True
         try:
             reply = await self._connect()
         except TransportError as exc:
+            if self._closing:
+                return Decision(Action.CLOSE), None
             self._state = ClientState.RECONNECTING
             self._mark_unconnected()
             return self._transport_failure(exc, handshaking=False), str(exc)
+        finally:
+            self._polling = False
+        if self._closing:
+            # close() disconnected while this connect was held; its events are delivered.
+            return Decision(Action.CLOSE), None
         multiple_clients = self._advice.multiple_clients
         self._advice = self._advice.merge(reply.get("advice"), self._transport_type())
         if self._advice.multiple_clients and not multiple_clients:
@@ -676,9 +699,14 @@ class Client:
             if is_event(message):
                 buffer.append(message)
                 sizes.append(size)
-            elif message.get("channel") == META_DISCONNECT and self._state not in (
-                ClientState.CLOSING,
-                ClientState.CLOSED,
+            elif (
+                message.get("channel") == META_DISCONNECT
+                and not self._closing
+                and self._state
+                not in (
+                    ClientState.CLOSING,
+                    ClientState.CLOSED,
+                )
             ):
                 # Server-side close (aiocometd D5 dropped it).
                 self._set_fatal(ServerError(_CLOSED_BY_SERVER, message))
@@ -771,6 +799,7 @@ class Client:
 
     def _reset(self) -> None:
         self._fatal = None
+        self._closing = False
         self._errors.clear()
         self._advice = Advice()
         self._factory.client_id = None

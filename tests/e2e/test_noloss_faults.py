@@ -1,0 +1,483 @@
+"""Fault tests: the bridge process against a Salesforce-like server (replay from the stored
+position) and real RabbitMQ, streaming at a steady rate while something breaks. Each test counts
+every ``data.payload.seq`` that reached the queue: zero missing, duplicates counted and reported
+(``record_property("duplicates", n)``; consumers drop them by the stable ``message_id``).
+
+1 sessions dropped · 2 server restarted · 3 RabbitMQ connections closed · 4 SIGKILL and restart
+· 5 SIGTERM while the buffer is full · 6 RabbitMQ blocked longer than the server's reconnect
+budget · 7 a stored position older than retention, per gap policy · 8 malformed and oversize
+messages among good ones (scriptable fake server).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bridge.positions import PositionStore, StoredPosition
+from tests.e2e.conftest import bridge_env
+from tests.e2e.harness import AMQP_URL, BridgeProcess, QueueCollector, running_bridge
+from tests.fakes.fake_bayeux import FakeBayeux, append_messages, raw_body
+from tests.fixtures.rabbitmq import close_named_connections
+from tests.integration.noloss.conftest import (
+    SalesforceFactory,
+    SalesforceServer,
+    salesforce_factory,  # noqa: F401 (the fixture)
+)
+
+
+pytestmark = pytest.mark.integration
+
+CHANNEL = "/event/Order__e"
+RATE = 500  # events per second from the server
+COUNT = 1500  # three seconds of streaming
+WAIT = 60.0  # bound on every wait for deliveries (a busy 2-core machine)
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def sf_server(request: pytest.FixtureRequest) -> SalesforceServer:
+    """A Salesforce-like server: replay on, no ack, 2 s reconnect budget (stopped at teardown
+    by ``salesforce_factory``)."""
+    factory: SalesforceFactory = request.getfixturevalue("salesforce_factory")
+    return factory()
+
+
+def sf_env(
+    tmp_path: Path, server: SalesforceServer, exchange: str, **endpoint: Any
+) -> dict[str, str]:
+    """A bridge with one replaying endpoint ``src`` on ``server``."""
+    config = {
+        "url": server.url,
+        "channels": [CHANNEL],
+        "connection_types": "long-polling",
+        "exchange": exchange,
+        "replay": "stored",
+        "replay_fallback": "all",
+        "gap_policy": "earliest",
+        **endpoint,
+    }
+    return bridge_env(
+        tmp_path,
+        {"src": config},
+        BRIDGE_POSITION_FLUSH_INTERVAL="0.2",
+        BRIDGE_CONTROL_EXCHANGE=f"{exchange}.control",
+    )
+
+
+def payload_seqs(collector: QueueCollector) -> list[int]:
+    return [int(d.body["payload"]["seq"]) for d in collector.deliveries]
+
+
+async def wait_seqs(collector: QueueCollector, count: int, within: float = WAIT) -> None:
+    """Wait (bounded) until seqs 1..count all arrived."""
+    deadline = time.monotonic() + within
+    while len(set(payload_seqs(collector)) & set(range(1, count + 1))) < count:
+        if time.monotonic() > deadline:
+            return
+        await collector.wait_for(len({d.message_id for d in collector.deliveries}) + 1, 1.0)
+
+
+def check_complete(
+    collector: QueueCollector, count: int, record_property: Callable[[str, object], None]
+) -> int:
+    """Assert seqs 1..count all arrived; return (and report) how many arrived twice."""
+    seqs = payload_seqs(collector)
+    missing = sorted(set(range(1, count + 1)) - set(seqs))
+    assert not missing, f"{len(missing)} missing, first {missing[:10]}"
+    duplicates = len(seqs) - len(set(seqs))
+    # A duplicate is the same event: same message_id, so consumers can drop it.
+    ids: dict[int, set[str | None]] = {}
+    for d in collector.deliveries:
+        ids.setdefault(int(d.body["payload"]["seq"]), set()).add(d.message_id)
+    assert all(len(v) == 1 for v in ids.values()), "one message_id per event"
+    record_property("duplicates", duplicates)
+    print(f"delivered {len(seqs)}: {count} events, {duplicates} duplicates")
+    return duplicates
+
+
+def sample(metrics: dict[str, float], name: str, **labels: str) -> float | None:
+    """The value of ``name`` whose labels include ``labels`` (label order does not matter)."""
+    for key, value in metrics.items():
+        base, _, rest = key.partition("{")
+        if base != name:
+            continue
+        found = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', rest))
+        if all(found.get(k) == v for k, v in labels.items()):
+            return value
+    return None
+
+
+async def wait_sample(
+    bridge: BridgeProcess, name: str, value: float, within: float = WAIT, **labels: str
+) -> None:
+    deadline = time.monotonic() + within
+    current = None
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception):
+            current = sample(await bridge.metrics(), name, **labels)
+            if current is not None and current >= value:
+                return
+        await asyncio.sleep(0.1)  # another process: polling is all there is
+    raise AssertionError(f"{name}{labels} = {current}, expected >= {value}\n{bridge.log_tail()}")
+
+
+def connection_name(bridge: BridgeProcess) -> str:
+    assert bridge.proc is not None
+    return f"cometd-bridge/{socket.gethostname()}/{bridge.proc.pid}"
+
+
+class PausableProxy:
+    """A TCP proxy to RabbitMQ that can stop forwarding (a broker that went very slow) for
+    this bridge only, without touching the shared broker."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self._upstream = (host, port)
+        self._open = asyncio.Event()
+        self._open.set()
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.port = 0
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    def pause(self) -> None:
+        self._open.clear()
+
+    def resume(self) -> None:
+        self._open.set()
+
+    async def close(self) -> None:
+        self.resume()
+        if self._server is not None:
+            self._server.close()
+        for writer in self._writers:
+            writer.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self._upstream)
+        self._writers += [writer, up_writer]
+        for src, dst in ((reader, up_writer), (up_reader, writer)):
+            task = asyncio.create_task(self._pipe(src, dst))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            while data := await src.read(65536):
+                await self._open.wait()
+                dst.write(data)
+                await dst.drain()
+        dst.close()
+
+
+@contextlib.asynccontextmanager
+async def pausable_proxy() -> AsyncIterator[PausableProxy]:
+    host = AMQP_URL.split("@", 1)[-1].split("/", 1)[0]
+    name, _, port = host.partition(":")
+    proxy = PausableProxy(name, int(port or 5672))
+    await proxy.start()
+    try:
+        yield proxy
+    finally:
+        await proxy.close()
+
+
+def _rabbitmqctl(*args: str) -> str:
+    exe = shutil.which("rabbitmqctl")
+    if exe is None:
+        pytest.skip("rabbitmqctl is not installed")
+    done = subprocess.run([exe, "-q", *args], capture_output=True, text=True, timeout=60)
+    if done.returncode != 0:
+        raise RuntimeError(f"rabbitmqctl {args} failed: {done.stderr.strip()[:300]}")
+    return done.stdout
+
+
+@contextlib.asynccontextmanager
+async def memory_alarm() -> AsyncIterator[None]:
+    """Block every publisher on the broker (memory high watermark 0); always restored."""
+    env = await asyncio.to_thread(_rabbitmqctl, "environment")
+    match = re.search(r"\{vm_memory_high_watermark,\s*([0-9.]+)\}", env)
+    restore = ["set_vm_memory_high_watermark", match.group(1) if match else "0.4"]
+    absolute = re.search(r"\{vm_memory_high_watermark,\s*\{absolute,\s*(\d+)\}\}", env)
+    if absolute:
+        restore = ["set_vm_memory_high_watermark", "absolute", absolute.group(1)]
+    try:
+        await asyncio.to_thread(_rabbitmqctl, "set_vm_memory_high_watermark", "0")
+        yield
+    finally:
+        await asyncio.to_thread(_rabbitmqctl, *restore)
+
+
+# -- 1 to 6: zero missing --------------------------------------------------------------------
+
+
+async def test_1_sessions_dropped_mid_stream(
+    sf_server: SalesforceServer,
+    collector: QueueCollector,
+    exchange_name: str,
+    tmp_path: Path,
+    record_property: Callable[[str, object], None],
+) -> None:
+    env = sf_env(tmp_path, sf_server, exchange_name)
+    async with running_bridge(env, tmp_path) as bridge:
+        await sf_server.publish(CHANNEL, COUNT, rate=RATE, wait=False)
+        await collector.wait_for(COUNT // 3, within=WAIT)
+        assert await sf_server.drop_sessions() == 1
+        await wait_seqs(collector, COUNT)
+        metrics = await bridge.metrics()
+        status = await bridge.status()
+    check_complete(collector, COUNT, record_property)
+    assert (sample(metrics, "cometd_bridge_handshakes_total", result="success") or 0) >= 2
+    position = status["endpoints"]["src"]["positions"][CHANNEL]
+    assert position["replay_id"] > 0
+    assert position["age_seconds"] >= 0
+    assert sample(metrics, "cometd_bridge_replay_position_age_seconds", channel=CHANNEL) is not None
+
+
+async def test_2_server_restarted_mid_stream(
+    sf_server: SalesforceServer,
+    collector: QueueCollector,
+    exchange_name: str,
+    tmp_path: Path,
+    record_property: Callable[[str, object], None],
+) -> None:
+    env = sf_env(tmp_path, sf_server, exchange_name)
+    async with running_bridge(env, tmp_path) as bridge:
+        await sf_server.publish(CHANNEL, COUNT, rate=RATE, wait=False)
+        await collector.wait_for(COUNT // 3, within=WAIT)
+        # The publishing in progress dies with the server; what it published is retained.
+        await sf_server.restart()
+        result = await sf_server.publish(CHANNEL, COUNT // 3, rate=RATE)
+        total = int(result["last_seq"])
+        await wait_seqs(collector, total)
+        metrics = await bridge.metrics()
+    check_complete(collector, total, record_property)
+    assert (sample(metrics, "cometd_bridge_handshakes_total", result="success") or 0) >= 2
+
+
+async def test_3_rabbitmq_connections_closed_mid_stream(
+    sf_server: SalesforceServer,
+    collector: QueueCollector,
+    exchange_name: str,
+    tmp_path: Path,
+    record_property: Callable[[str, object], None],
+) -> None:
+    env = sf_env(tmp_path, sf_server, exchange_name)
+    async with running_bridge(env, tmp_path) as bridge:
+        await sf_server.publish(CHANNEL, COUNT, rate=RATE, wait=False)
+        await collector.wait_for(COUNT // 3, within=WAIT)
+        name = connection_name(bridge)
+        assert await close_named_connections(name, "noloss fault test") == 1
+        await collector.wait_for(2 * COUNT // 3, within=WAIT)
+        assert await close_named_connections(name, "noloss fault test, again") == 1
+        await wait_seqs(collector, COUNT)
+    check_complete(collector, COUNT, record_property)
+
+
+async def test_4_sigkill_and_restart_resume_from_the_stored_position(
+    sf_server: SalesforceServer,
+    collector: QueueCollector,
+    exchange_name: str,
+    tmp_path: Path,
+    record_property: Callable[[str, object], None],
+) -> None:
+    env = sf_env(tmp_path, sf_server, exchange_name)
+    async with running_bridge(env, tmp_path) as bridge:
+        await sf_server.publish(CHANNEL, COUNT, rate=RATE, wait=False)
+        await collector.wait_for(COUNT // 3, within=WAIT)
+        # Wait for a stored position, so the restart must use it (not the fallback "all").
+        await bridge.wait_status(
+            lambda s: (
+                s["endpoints"]["src"]["positions"]
+                and not s["endpoints"]["src"].get("positions_unflushed")
+            ),
+            within=WAIT,
+        )
+        bridge.signal(signal.SIGKILL)
+        await bridge.wait_exit()
+    stored = PositionStore(tmp_path / "state").load("src")
+    assert CHANNEL in stored
+    async with running_bridge(env, tmp_path) as bridge:
+        await wait_seqs(collector, COUNT)
+    check_complete(collector, COUNT, record_property)
+    stats = await sf_server.stats()
+    resumed = [s for s in stats["subscribes"] if s["valid"]][-1]
+    assert resumed["replay"] >= stored[CHANNEL].replay_id, "resumed from the stored position"
+
+
+async def test_5_sigterm_while_the_buffer_is_full(
+    sf_server: SalesforceServer,
+    collector: QueueCollector,
+    exchange_name: str,
+    tmp_path: Path,
+    record_property: Callable[[str, object], None],
+) -> None:
+    async with pausable_proxy() as proxy:
+        env = sf_env(tmp_path, sf_server, exchange_name, max_pending_count=50, max_inflight=20)
+        env["BRIDGE_AMQP_URL"] = f"amqp://guest:guest@127.0.0.1:{proxy.port}/"
+        env["BRIDGE_SHUTDOWN_TIMEOUT"] = "15"
+        async with running_bridge(env, tmp_path) as bridge:
+            await sf_server.publish(CHANNEL, COUNT, rate=RATE, wait=False)
+            await collector.wait_for(COUNT // 5, within=WAIT)
+            proxy.pause()  # the broker stops answering: the window, then the buffer, fill up
+            await wait_sample(bridge, "cometd_bridge_fetch_paused", 1, endpoint="src")
+            bridge.signal(signal.SIGTERM)
+            await bridge.wait_status(lambda s: not s["ready"], within=WAIT)
+            proxy.resume()  # the shutdown publishes what it had received, within its deadline
+            assert await bridge.wait_exit() == 0
+            totals = bridge.final_totals()["src"]
+        assert totals["confirmed"] == totals["received"]
+    assert totals["received"] < COUNT, "stopped mid-stream"
+    # Started again, it resumes from what the broker confirmed.
+    async with running_bridge(sf_env(tmp_path, sf_server, exchange_name), tmp_path):
+        await wait_seqs(collector, COUNT)
+    check_complete(collector, COUNT, record_property)
+
+
+async def test_6_rabbitmq_blocked_longer_than_the_reconnect_budget(
+    sf_server: SalesforceServer,
+    collector: QueueCollector,
+    exchange_name: str,
+    tmp_path: Path,
+    record_property: Callable[[str, object], None],
+) -> None:
+    budget = 2.0  # the server's max_interval (SALESFORCE_DEFAULTS): a session held without
+    # a /meta/connect for longer is gone
+    env = sf_env(tmp_path, sf_server, exchange_name, max_pending_count=100)
+    async with running_bridge(env, tmp_path) as bridge:
+        await sf_server.publish(CHANNEL, COUNT, rate=RATE, wait=False)
+        await collector.wait_for(COUNT // 5, within=WAIT)
+        async with memory_alarm():
+            # The buffer fills, the replay session is ended on purpose...
+            await wait_sample(
+                bridge, "cometd_bridge_reconnects_total", 1, endpoint="src", reason="buffer_full"
+            )
+            # ...and the broker stays blocked past the server's reconnect budget (the fault's
+            # duration, not a synchronisation).
+            await asyncio.sleep(budget * 1.5)
+            status = await bridge.status()
+            assert status["endpoints"]["src"]["state"] == "waiting_for_broker"
+        await wait_seqs(collector, COUNT)
+        metrics = await bridge.metrics()
+    check_complete(collector, COUNT, record_property)
+    assert (sample(metrics, "cometd_bridge_possible_gaps_total") or 0) == 0
+
+
+# -- 7: gaps ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("policy", ["fail", "latest", "earliest"])
+async def test_7_stored_position_older_than_retention(
+    sf_server: SalesforceServer,
+    collector: QueueCollector,
+    exchange_name: str,
+    tmp_path: Path,
+    policy: str,
+) -> None:
+    await sf_server.publish(CHANNEL, 20)
+    retention = (await sf_server.set_retention(5))[CHANNEL]  # seqs 16..20 retained
+    stale = retention["oldest"] - 5
+    store = PositionStore(tmp_path / "state")
+    store.save("src", {CHANNEL: StoredPosition(stale, time.time() - 3600)})
+    control = QueueCollector()
+    await control.start(f"{exchange_name}.control")
+    try:
+        env = sf_env(tmp_path, sf_server, exchange_name, gap_policy=policy)
+        async with running_bridge(env, tmp_path, wait_ready=policy != "fail") as bridge:
+            await control.wait_for(1, within=WAIT)
+            if policy == "fail":
+                status = await bridge.wait_status(
+                    lambda s: s["endpoints"]["src"]["state"] == "failed", within=WAIT
+                )
+                assert "gap_policy=fail" in status["endpoints"]["src"]["last_error"]
+                ready, body = await bridge.get("/readyz")
+                assert ready == 503
+                assert "src" in body
+            else:
+                await sf_server.publish(CHANNEL, 5)  # seqs 21..25
+                expected = list(range(21, 26)) if policy == "latest" else list(range(16, 26))
+                await collector.wait_for(len(expected), within=WAIT)
+            metrics = await bridge.metrics()
+            status = await bridge.status()
+    finally:
+        await control.close()
+
+    assert sample(metrics, "cometd_bridge_replay_gaps_total", channel=CHANNEL) == 1
+    [record] = [d.body for d in control.deliveries]
+    assert record["type"] == "replay_gap"
+    assert record["endpoint"] == "src"
+    assert record["channel"] == CHANNEL
+    assert record["replay_id"] == stale
+    assert record["policy"] == policy
+    assert record["resumed_from"] == {"fail": None, "latest": -1, "earliest": -2}[policy]
+    assert status["endpoints"]["src"]["last_gap"]["replay_id"] == stale
+    logged = [e for e in bridge.log_events() if "older than the server's retention" in e["event"]]
+    assert logged
+    assert logged[0]["channel"] == CHANNEL
+    assert logged[0]["replay_id"] == stale
+    if policy == "fail":
+        assert collector.deliveries == []
+        # The position is kept for the operator to decide.
+        assert store.load("src")[CHANNEL].replay_id == stale
+    else:
+        assert sorted(payload_seqs(collector)) == expected
+
+
+# -- 8: malformed and oversize ---------------------------------------------------------------
+
+
+async def test_8_malformed_and_oversize_messages_among_good_ones(
+    fake_bayeux: FakeBayeux, collector: QueueCollector, exchange_name: str, tmp_path: Path
+) -> None:
+    channel = "/orders/created"
+    good = 300
+    # Scripted on /meta/connect (counted from the server's start): a body that is not JSON,
+    # items that are not Bayeux messages, and, below, one event over max_message_size (4 MiB).
+    fake_bayeux.on("/meta/connect", raw_body(b'[{"channel": "/meta/connect", '), nth=4)
+    fake_bayeux.on(
+        "/meta/connect", append_messages({"no": "channel"}, {"channel": 7, "data": {}}), nth=6
+    )
+    endpoint = {
+        "url": fake_bayeux.url,
+        "channels": [channel],
+        "connection_types": "long-polling",
+        "exchange": exchange_name,
+    }
+    async with running_bridge(bridge_env(tmp_path, {"src": endpoint}), tmp_path) as bridge:
+        for seq in range(1, good + 1):
+            fake_bayeux.publish(channel, {"seq": seq})
+            if seq == good // 2:
+                fake_bayeux.publish(channel, {"seq": -1, "pad": "x" * (4 * 1024 * 1024 + 100)})
+            if seq % 10 == 0:
+                await asyncio.sleep(0.02)  # a steady rate: many connects, so the rules fire
+        await collector.wait_for(good, within=WAIT)
+        metrics = await bridge.metrics()
+    seqs = [int(d.body["seq"]) for d in collector.deliveries]
+    assert sorted(set(seqs)) == list(range(1, good + 1)), "every good message, nothing else"
+    malformed = "cometd_bridge_malformed_messages_total"
+    assert sample(metrics, malformed, reason="oversize") == 1
+    assert (sample(metrics, malformed, reason="invalid_json") or 0) >= 1
+    assert (sample(metrics, malformed, reason="not_bayeux") or 0) >= 1
+    assert sample(metrics, "cometd_bridge_reconnects_total", reason="malformed") == 1
+    assert "oversize" in json.dumps(bridge.log_events())
