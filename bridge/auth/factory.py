@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Hashable
+from pathlib import Path
 
 from pydantic import BaseModel, SecretStr
 
@@ -33,6 +35,7 @@ __all__ = [
     "credential_for",
     "extension_for",
     "resolve_endpoint_url",
+    "refresh_token_store",
 ]
 
 # Fields that say where the token goes, not which credential it is: endpoints that differ only
@@ -46,8 +49,18 @@ def _required(value: SecretStr | None, field: str) -> SecretStr:
     return value
 
 
-def build_source(auth: AuthSettings) -> TokenSource | None:
-    """The token source for an endpoint's ``auth`` settings (None for kind ``none``)."""
+def refresh_token_store(auth: OAuth2RefreshTokenAuth, state_dir: Path) -> Path:
+    """Where a rotated refresh token of this credential is kept (one file per credential)."""
+    configured = _required(auth.refresh_token, "refresh_token").get_secret_value()
+    identity = f"{auth.token_url}\n{auth.client_id}\n{configured}"
+    return state_dir / f"refresh-token-{hashlib.sha256(identity.encode()).hexdigest()[:16]}.json"
+
+
+def build_source(auth: AuthSettings, state_dir: Path | None = None) -> TokenSource | None:
+    """The token source for an endpoint's ``auth`` settings (None for kind ``none``).
+
+    ``state_dir`` (the daemon's) keeps rotated refresh tokens across restarts.
+    """
     if isinstance(auth, BearerAuth):
         return StaticToken(_required(auth.token, "token"))
     if isinstance(auth, OAuth2ClientCredentialsAuth):
@@ -64,6 +77,7 @@ def build_source(auth: AuthSettings) -> TokenSource | None:
             auth.client_id,
             _required(auth.refresh_token, "refresh_token"),
             auth.client_secret,
+            store=None if state_dir is None else refresh_token_store(auth, state_dir),
         )
     if isinstance(auth, SalesforceJwtAuth):
         return SalesforceJwt(
@@ -92,7 +106,10 @@ def credential_key(auth: BaseModel) -> Hashable:
 
 
 def credential_for(
-    registry: CredentialRegistry, auth: AuthSettings, endpoint_name: str
+    registry: CredentialRegistry,
+    auth: AuthSettings,
+    endpoint_name: str,
+    state_dir: Path | None = None,
 ) -> Credential | None:
     """The shared credential for an endpoint's ``auth`` (None for kind ``none``).
 
@@ -103,7 +120,7 @@ def credential_for(
     hooks: AuthHooks = registry.hooks
 
     def create() -> Credential:
-        source = build_source(auth)
+        source = build_source(auth, state_dir)
         assert source is not None  # every kind but "none" has a source
         return Credential(
             auth.name or endpoint_name,
@@ -116,10 +133,13 @@ def credential_for(
 
 
 def extension_for(
-    registry: CredentialRegistry, auth: AuthSettings, endpoint_name: str
+    registry: CredentialRegistry,
+    auth: AuthSettings,
+    endpoint_name: str,
+    state_dir: Path | None = None,
 ) -> TokenAuthExtension | None:
     """The client's auth extension for an endpoint (None for kind ``none``)."""
-    credential = credential_for(registry, auth, endpoint_name)
+    credential = credential_for(registry, auth, endpoint_name, state_dir)
     if credential is None:
         return None
     return TokenAuthExtension(credential, auth.placement, auth.ext_path)

@@ -6,9 +6,15 @@ live in :mod:`bridge.auth.credential`, so every grant gets them the same way.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import hashlib
+import json
+import logging
+import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote_plus
 
@@ -30,6 +36,8 @@ __all__ = [
     "SalesforceJwt",
     "DEFAULT_TIMEOUT",
 ]
+
+log = logging.getLogger(__name__)
 
 #: Bounds every token request: a hanging token endpoint must not stall a re-handshake forever.
 DEFAULT_TIMEOUT = aiohttp.ClientTimeout(total=15, connect=5)
@@ -221,7 +229,9 @@ class RefreshToken:
     """OAuth 2.0 refresh token grant (RFC 6749 §6), following refresh token rotation.
 
     When the reply carries a new ``refresh_token`` the old one may already be revoked, so the
-    new one replaces it for every later request.
+    new one replaces it for every later request. With ``store`` (a file path) the rotated token
+    also survives a restart: it is written there (mode 0600) and preferred over the configured
+    one at start, as long as the configured one has not been changed since.
     """
 
     def __init__(
@@ -231,16 +241,45 @@ class RefreshToken:
         refresh_token: str | SecretStr,
         client_secret: str | SecretStr | None = None,
         *,
+        store: Path | None = None,
         default_lifetime: float | None = 3600.0,
         timeout: aiohttp.ClientTimeout = DEFAULT_TIMEOUT,
     ) -> None:
         self.token_url = token_url
         self.client_id = client_id
         self.client_secret = None if client_secret is None else _secret(client_secret)
-        self._refresh_token = _secret(refresh_token)
+        configured = _secret(refresh_token)
+        # Identifies the configured token without keeping a second copy of it on disk.
+        self._configured_digest = hashlib.sha256(configured.get_secret_value().encode()).hexdigest()
+        self.store = store
+        self._refresh_token = self._load_stored() or configured
         self.default_lifetime = default_lifetime
         self.timeout = timeout
         self.rotations = 0
+
+    def _load_stored(self) -> SecretStr | None:
+        if self.store is None:
+            return None
+        try:
+            saved = json.loads(self.store.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(saved, dict) or saved.get("configured") != self._configured_digest:
+            return None  # the operator configured a new refresh token since: it wins
+        value = saved.get("refresh_token")
+        return SecretStr(value) if isinstance(value, str) and value else None
+
+    def _save(self, refresh_token: str) -> None:
+        assert self.store is not None
+        self.store.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.store.with_name(self.store.name + ".tmp")
+        data = json.dumps({"configured": self._configured_digest, "refresh_token": refresh_token})
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.store)
 
     @property
     def refreshable(self) -> bool:
@@ -266,6 +305,16 @@ class RefreshToken:
         if isinstance(rotated, str) and rotated and rotated != form["refresh_token"]:
             self._refresh_token = SecretStr(rotated)
             self.rotations += 1
+            if self.store is not None:
+                try:
+                    await asyncio.to_thread(self._save, rotated)
+                except OSError as exc:
+                    # The token itself is fine; only a restart would fall back to the old one.
+                    log.warning(
+                        "could not store the rotated refresh token in %s: %s",
+                        self.store,
+                        exc.strerror or type(exc).__name__,
+                    )
         return _token_from_reply(body, self.default_lifetime)
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import itertools
+import stat
 import time
+from pathlib import Path
 
 import pytest
 
@@ -190,3 +192,31 @@ async def test_proactive_refresh_before_expiry(
     assert [e for _, e in hooks.expiries][:3] == pytest.approx(
         [i.expires_at for i in issued[:3]], abs=0.5
     )
+
+
+async def test_rotated_refresh_token_survives_a_restart(
+    token_server: TokenServer, make_credential: MakeCredential, tmp_path: Path
+) -> None:
+    token_server.rotate_refresh_tokens = True
+    store = tmp_path / "state" / "refresh.json"
+    url, client_id = token_server.token_url, token_server.client_id
+    configured = token_server.refresh_token
+
+    first_run = RefreshToken(url, client_id, configured, store=store)
+    await make_credential(first_run).get()
+    assert first_run.rotations == 1
+    assert stat.S_IMODE(store.stat().st_mode) == 0o600
+
+    # A restart with the same configuration: the configured token was revoked by the rotation.
+    stale = RefreshToken(url, client_id, configured)
+    with pytest.raises(TokenRejected):
+        await make_credential(stale).get()
+    restarted = RefreshToken(
+        token_server.token_url, token_server.client_id, configured, store=store
+    )
+    token = await make_credential(restarted).get()
+    assert token_server.token_valid(token.access_token.get_secret_value())
+
+    # The operator configures a new refresh token: it wins over the stored one.
+    replaced = RefreshToken(url, client_id, "new", store=store)
+    assert replaced.refresh_token.get_secret_value() == "new"
