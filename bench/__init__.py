@@ -1,0 +1,1 @@
+"""The end-to-end benchmark (`make bench`): see bench/RESULTS.md and bench/run.py."""
