@@ -56,6 +56,7 @@ from .protocol import (
     decide_connect,
     decide_handshake,
     decide_transport_error,
+    failure_text,
     is_event,
     validate_channel,
 )
@@ -249,7 +250,7 @@ class Client:
         try:
             reply = await self._handshake()
             if reply.get("successful") is not True and self._is_auth_failure(reply):
-                self._emit(AuthFailed(reply.get("error")))
+                self._emit(AuthFailed(failure_text(reply)))
                 await self._authenticate()
                 reply = await self._handshake()
             if reply.get("successful") is not True:
@@ -451,7 +452,7 @@ class Client:
         if reply.get("successful") is not True:
             self._advice = self._advice.merge(reply.get("advice"))
             if self._is_auth_failure(reply):
-                self._emit(AuthFailed(reply.get("error")))
+                self._emit(AuthFailed(failure_text(reply)))
             decision = decide_handshake(
                 reply,
                 self._advice,
@@ -462,7 +463,7 @@ class Client:
             )
             if decision.action is Action.CLOSE:
                 self._set_fatal(ServerError(_CLOSED_BY_SERVER, reply))
-            return decision, reply.get("error")
+            return decision, failure_text(reply)
         try:
             await self._accept_handshake(reply)
             await self._resubscribe()
@@ -499,7 +500,7 @@ class Client:
             self._state = ClientState.RECONNECTING
             self._mark_unconnected()
             if self._is_auth_failure(reply):
-                self._emit(AuthFailed(reply.get("error")))
+                self._emit(AuthFailed(failure_text(reply)))
         decision = self._decide_connect(reply)
         if successful:
             self._on_connected()
@@ -508,7 +509,7 @@ class Client:
             decision = replace(decision, reason="buffer_full")
         if decision.action is Action.CLOSE:
             self._set_fatal(ServerError(_CLOSED_BY_SERVER, reply))
-        return decision, reply.get("error")
+        return decision, failure_text(reply)
 
     def _decide_connect(self, reply: Message) -> Decision:
         successful = reply.get("successful") is True

@@ -39,6 +39,7 @@ __all__ = [
     "MessageFactory",
     "parse_error",
     "classify_failure",
+    "failure_text",
     "is_event",
     "validate_channel",
     "validate_payload",
@@ -195,6 +196,22 @@ def _failure_reason(reply: Message) -> BayeuxError | None:
     ext = reply.get("ext")
     sfdc = ext.get("sfdc") if isinstance(ext, dict) else None
     return parse_error(sfdc.get("failureReason")) if isinstance(sfdc, dict) else None
+
+
+def failure_text(reply: Message) -> str | None:
+    """The reply's ``error``, with Salesforce's ``failureReason`` appended when there is one.
+
+    ``403::Handshake denied`` alone does not say whether a token expired or a quota ran out;
+    events and logs carry both so that the reader (and the quota metric) can tell.
+    """
+    error = reply.get("error")
+    text = error if isinstance(error, str) else None
+    ext = reply.get("ext")
+    sfdc = ext.get("sfdc") if isinstance(ext, dict) else None
+    reason = sfdc.get("failureReason") if isinstance(sfdc, dict) else None
+    if isinstance(reason, str) and reason:
+        return f"{text} (failureReason: {reason})" if text else reason
+    return text
 
 
 def classify_failure(reply: Message) -> FailureKind:
