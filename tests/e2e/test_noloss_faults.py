@@ -85,8 +85,16 @@ def payload_seqs(collector: QueueCollector) -> list[int]:
 
 async def wait_seqs(collector: QueueCollector, count: int, within: float = WAIT) -> None:
     """Wait (bounded) until seqs 1..count all arrived."""
+    await wait_seqs_range(collector, 1, count, within)
+
+
+async def wait_seqs_range(
+    collector: QueueCollector, first: int, last: int, within: float = WAIT
+) -> None:
+    """Wait (bounded) until seqs first..last all arrived."""
+    wanted = set(range(first, last + 1))
     deadline = time.monotonic() + within
-    while len(set(payload_seqs(collector)) & set(range(1, count + 1))) < count:
+    while not wanted <= set(payload_seqs(collector)):
         if time.monotonic() > deadline:
             return
         await collector.wait_for(len({d.message_id for d in collector.deliveries}) + 1, 1.0)
@@ -302,28 +310,30 @@ async def test_4_sigkill_and_restart_resume_from_the_stored_position(
     tmp_path: Path,
     record_property: Callable[[str, object], None],
 ) -> None:
-    env = sf_env(tmp_path, sf_server, exchange_name)
-    async with running_bridge(env, tmp_path) as bridge:
-        await sf_server.publish(CHANNEL, COUNT, rate=RATE, wait=False)
-        await collector.wait_for(COUNT // 3, within=WAIT)
-        # Wait for a stored position, so the restart must use it (not the fallback "all").
-        await bridge.wait_status(
-            lambda s: (
-                s["endpoints"]["src"]["positions"]
-                and not s["endpoints"]["src"].get("positions_unflushed")
-            ),
-            within=WAIT,
-        )
-        bridge.signal(signal.SIGKILL)
-        await bridge.wait_exit()
-    stored = PositionStore(tmp_path / "state").load("src")
-    assert CHANNEL in stored
-    async with running_bridge(env, tmp_path) as bridge:
+    async with pausable_proxy() as proxy:
+        env = sf_env(tmp_path, sf_server, exchange_name, max_pending_count=50, max_inflight=20)
+        env["BRIDGE_AMQP_URL"] = f"amqp://guest:guest@127.0.0.1:{proxy.port}/"
+        async with running_bridge(env, tmp_path) as bridge:
+            await sf_server.publish(CHANNEL, COUNT, rate=RATE, wait=False)
+            await collector.wait_for(COUNT // 3, within=WAIT)
+            # Killed while it holds many received, unconfirmed messages (broker stalled, buffer
+            # full): the stored position must not have passed any of them.
+            proxy.pause()
+            await wait_sample(bridge, "cometd_bridge_fetch_paused", 1, endpoint="src")
+            status = await bridge.status()
+            bridge.signal(signal.SIGKILL)
+            await bridge.wait_exit()
+    assert status["endpoints"]["src"]["outstanding"] > 0
+    stored = PositionStore(tmp_path / "state").load("src")[CHANNEL].replay_id
+    confirmed = {int(d.headers["replay-id"]) for d in collector.deliveries}
+    assert confirmed >= set(range(min(confirmed), stored + 1)), "position passed the broker"
+
+    async with running_bridge(sf_env(tmp_path, sf_server, exchange_name), tmp_path):
         await wait_seqs(collector, COUNT)
     check_complete(collector, COUNT, record_property)
     stats = await sf_server.stats()
     resumed = [s for s in stats["subscribes"] if s["valid"]][-1]
-    assert resumed["replay"] >= stored[CHANNEL].replay_id, "resumed from the stored position"
+    assert resumed["replay"] == stored, "resumed from the stored position"
 
 
 async def test_5_sigterm_while_the_buffer_is_full(
@@ -481,3 +491,67 @@ async def test_8_malformed_and_oversize_messages_among_good_ones(
     assert (sample(metrics, malformed, reason="not_bayeux") or 0) >= 1
     assert sample(metrics, "cometd_bridge_reconnects_total", reason="malformed") == 1
     assert "oversize" in json.dumps(bridge.log_events())
+
+
+# -- back-pressure on servers without replay -------------------------------------------------
+
+
+async def test_ack_server_streams_with_acks_held_until_confirmed(
+    request: pytest.FixtureRequest,
+    collector: QueueCollector,
+    exchange_name: str,
+    tmp_path: Path,
+    record_property: Callable[[str, object], None],
+) -> None:
+    factory: SalesforceFactory = request.getfixturevalue("salesforce_factory")
+    server = factory(ack=1, replay=0)
+    env = sf_env(tmp_path, server, exchange_name, replay="off", ack="on")
+    async with running_bridge(env, tmp_path) as bridge:
+        await server.publish(CHANNEL, COUNT, rate=RATE, wait=False)
+        await collector.wait_for(COUNT // 3, within=WAIT)
+        assert await close_named_connections(connection_name(bridge), "noloss ack test") == 1
+        await wait_seqs(collector, COUNT)
+        status = await bridge.status()
+    assert status["endpoints"]["src"]["delivery"] == "ack"
+    check_complete(collector, COUNT, record_property)
+
+
+async def test_server_without_replay_or_ack_counts_the_expired_session(
+    request: pytest.FixtureRequest,
+    collector: QueueCollector,
+    exchange_name: str,
+    tmp_path: Path,
+) -> None:
+    factory: SalesforceFactory = request.getfixturevalue("salesforce_factory")
+    server = factory(replay=0)
+    async with pausable_proxy() as proxy:
+        env = sf_env(tmp_path, server, exchange_name, replay="off", ack="off", max_pending_count=50)
+        env["BRIDGE_AMQP_URL"] = f"amqp://guest:guest@127.0.0.1:{proxy.port}/"
+        async with running_bridge(env, tmp_path) as bridge:
+            await server.publish(CHANNEL, COUNT, rate=RATE, wait=False)
+            await collector.wait_for(COUNT // 5, within=WAIT)
+            proxy.pause()
+            await wait_sample(bridge, "cometd_bridge_fetch_paused", 1, endpoint="src")
+            # Fetching stopped; the server expires the session it no longer hears from.
+            async with asyncio.timeout(WAIT):
+                while (await server.stats())["sessions"]:  # noqa: ASYNC110 (other process)
+                    await asyncio.sleep(0.1)
+            proxy.resume()
+            await wait_sample(
+                bridge,
+                "cometd_bridge_possible_gaps_total",
+                1,
+                endpoint="src",
+                reason="session_expired",
+            )
+            await server.publish(CHANNEL, COUNT, rate=RATE)  # let the first run finish
+            # Streaming goes on after the new handshake.
+            await server.publish(CHANNEL, 50)
+            await wait_seqs_range(collector, 2 * COUNT + 1, 2 * COUNT + 50)
+            status = await bridge.status()
+    assert status["endpoints"]["src"]["delivery"] == "none"
+    seqs = set(payload_seqs(collector))
+    assert seqs >= set(range(2 * COUNT + 1, 2 * COUNT + 51))
+    lost = 2 * COUNT - len(seqs & set(range(1, 2 * COUNT + 1)))
+    print(f"server without replay: {lost} of {2 * COUNT} events lost with the expired session")
+    assert any("may be lost" in e["event"] for e in bridge.log_events())
