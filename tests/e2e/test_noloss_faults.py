@@ -555,3 +555,25 @@ async def test_server_without_replay_or_ack_counts_the_expired_session(
     lost = 2 * COUNT - len(seqs & set(range(1, 2 * COUNT + 1)))
     print(f"server without replay: {lost} of {2 * COUNT} events lost with the expired session")
     assert any("may be lost" in e["event"] for e in bridge.log_events())
+
+
+async def test_corrupt_positions_file_stops_the_endpoint_never_starts_from_scratch(
+    sf_server: SalesforceServer, collector: QueueCollector, exchange_name: str, tmp_path: Path
+) -> None:
+    await sf_server.publish(CHANNEL, 10)
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "src.positions.json").write_text('{"/event/Order__e": {"replay_id": "oops"')
+    env = sf_env(tmp_path, sf_server, exchange_name)
+    async with running_bridge(env, tmp_path, wait_ready=False) as bridge:
+        status = await bridge.wait_status(
+            lambda s: s["endpoints"]["src"]["state"] == "failed", within=WAIT
+        )
+        ready, _ = await bridge.get("/readyz")
+    endpoint = status["endpoints"]["src"]
+    assert "corrupt" in endpoint["last_error"]
+    assert endpoint["restarts"] == 0
+    assert ready == 503
+    assert collector.deliveries == [], "no replay from the fallback start"
+    assert (await sf_server.stats())["subscribes"] == []
+    assert list(state.glob("src.positions.json.corrupt-*")), "kept for the operator"
