@@ -370,6 +370,17 @@ class EndpointWorker:
             except PositionStoreError as exc:
                 self._fail(f"cannot load stored replay positions: {exc}")
                 return False
+            path = keeper.store.path(self.name)
+            aside = sorted(path.parent.glob(f"{path.name}.corrupt-*"))
+            if not stored and aside:
+                # The file was set aside as corrupt by an earlier start: starting from the
+                # fallback now would silently skip (or flood) what the file stood for.
+                self._fail(
+                    f"the positions file {path} was set aside as corrupt ({aside[-1].name}); "
+                    "set positions with `cometd-bridge positions set` (or `clear` to start "
+                    "from replay_fallback), or restore the file"
+                )
+                return False
             self._log.info(
                 "replay positions loaded", positions={ch: p.replay_id for ch, p in stored.items()}
             )

@@ -577,3 +577,11 @@ async def test_corrupt_positions_file_stops_the_endpoint_never_starts_from_scrat
     assert collector.deliveries == [], "no replay from the fallback start"
     assert (await sf_server.stats())["subscribes"] == []
     assert list(state.glob("src.positions.json.corrupt-*")), "kept for the operator"
+    # Started again (a pod restart): still refuses, until an operator sets a position.
+    async with running_bridge(env, tmp_path, wait_ready=False) as bridge:
+        status = await bridge.wait_status(
+            lambda s: s["endpoints"]["src"]["state"] == "failed", within=WAIT
+        )
+    assert "set aside as corrupt" in status["endpoints"]["src"]["last_error"]
+    assert collector.deliveries == []
+    assert (await sf_server.stats())["subscribes"] == []
