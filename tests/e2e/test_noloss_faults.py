@@ -454,6 +454,47 @@ async def test_7_stored_position_older_than_retention(
         assert sorted(payload_seqs(collector)) == expected
 
 
+async def test_7_gap_found_when_resubscribing_after_a_lost_session(
+    sf_server: SalesforceServer, collector: QueueCollector, exchange_name: str, tmp_path: Path
+) -> None:
+    """The running bridge's position falls out of retention while its session is lost: the
+    automatic resubscription fails with the 400, and the gap policy (earliest) applies."""
+    host = sf_server.url.split("//", 1)[1].split("/", 1)[0]
+    control = QueueCollector()
+    await control.start(f"{exchange_name}.control")
+    proxy = PausableProxy("127.0.0.1", int(host.rsplit(":", 1)[1]))
+    await proxy.start()
+    try:
+        env = sf_env(tmp_path, sf_server, exchange_name)
+        env_endpoints = json.loads(env["BRIDGE_ENDPOINTS"])
+        env_endpoints["src"]["url"] = sf_server.url.replace(host, f"127.0.0.1:{proxy.port}")
+        env["BRIDGE_ENDPOINTS"] = json.dumps(env_endpoints)
+        async with running_bridge(env, tmp_path) as bridge:
+            first = await sf_server.publish(CHANNEL, 10)
+            await collector.wait_for(10, within=WAIT)
+            position = 1000 + int(first["last_seq"]) - 1  # the server's ids start at 1000
+            await bridge.wait_status(
+                lambda s: s["endpoints"]["src"]["positions"][CHANNEL]["replay_id"] == position,
+                within=WAIT,
+            )
+            proxy.pause()  # the bridge hears nothing while...
+            assert await sf_server.drop_sessions() == 1  # ...its session is lost,
+            await sf_server.publish(CHANNEL, 20)  # seqs 11..30, and only 26..30 are retained
+            await sf_server.set_retention(5)
+            proxy.resume()
+            await control.wait_for(1, within=WAIT)
+            await collector.wait_for(15, within=WAIT)
+            metrics = await bridge.metrics()
+    finally:
+        await proxy.close()
+        await control.close()
+    assert sorted(payload_seqs(collector)) == [*range(1, 11), *range(26, 31)]
+    [record] = [d.body for d in control.deliveries]
+    assert record["replay_id"] == position
+    assert record["policy"] == "earliest"
+    assert sample(metrics, "cometd_bridge_replay_gaps_total", channel=CHANNEL) == 1
+
+
 # -- 8: malformed and oversize ---------------------------------------------------------------
 
 
