@@ -88,6 +88,10 @@ class Supervisor:
         down = sorted(name for name, w in self.workers.items() if not w.up)
         if not self.workers:
             return False, "starting"
+        failed = sorted(name for name, w in self.workers.items() if w.failed)
+        if failed:
+            # Stopped for good (gap policy fail, unreadable positions): /status says why.
+            return False, "endpoints failed, see /status: " + ", ".join(failed)
         if down:
             return False, "endpoints not streaming: " + ", ".join(down)
         return True, "ok"
