@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 
-__all__ = ["cpu_seconds", "rss_mb", "peak_rss_mb"]
+__all__ = ["cpu_seconds", "rss_mb", "peak_rss_mb", "find_pid"]
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -36,3 +36,16 @@ def rss_mb(pid: int) -> float:
 def peak_rss_mb(pid: int) -> float:
     """Highest resident memory so far (VmHWM), MiB."""
     return _status_kb(pid, b"VmHWM:") / 1024
+
+
+def find_pid(comm: str) -> int | None:
+    """The first process whose command name is ``comm`` (e.g. the broker's ``beam.smp``)."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/comm") as f:
+                    if f.read().strip() == comm:
+                        return int(entry)
+            except OSError:
+                continue
+    return None

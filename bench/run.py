@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -58,6 +59,21 @@ JSON_OVERHEAD = len('{"seq":12345,"ts":1764000000000,"pad":""}')
 
 
 @dataclass
+class BridgeCommand(BridgeProcess):
+    """``BridgeProcess`` with the command line open (e.g. under a profiler)."""
+
+    argv: list[str] = field(default_factory=lambda: [sys.executable, "-m", "bridge", "run"])
+
+    def start(self) -> None:
+        base = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+        env = {**base, **self.env, "BRIDGE_HTTP_PORT": str(self.http_port)}
+        env.setdefault("BRIDGE_HTTP_HOST", "127.0.0.1")
+        env.setdefault("BRIDGE_LOG_FORMAT", "json")
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(self.argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+@dataclass
 class Result:
     scenario: str
     server: str
@@ -72,6 +88,8 @@ class Result:
     duplicates: int = 0
     out_of_order: int = 0
     note: str = ""
+    #: CPU seconds the other parties spent meanwhile: broker, CometD server, bench consumer.
+    others_cpu: dict[str, float] = field(default_factory=dict)
 
     @property
     def rate(self) -> float | None:
@@ -102,6 +120,8 @@ class Bench:
         self.scale: list[dict[str, Any]] = []
         self._runs = 0
         self._amqp: aio_pika.abc.AbstractConnection | None = None
+        self.bridge_argv = [sys.executable, "-m", "bridge", "run"]
+        self.broker_pid = procstat.find_pid("beam.smp")  # a local broker: its CPU is reported
 
     # -- environment ----------------------------------------------------------------------
 
@@ -131,6 +151,17 @@ class Bench:
         for server in self.servers.values():
             await server.stop()
 
+    def _others_cpu(self, kind: str) -> dict[str, float]:
+        """CPU seconds so far of the broker, the CometD server in use and this process."""
+        out = {"consumer": procstat.cpu_seconds(os.getpid())}
+        if self.broker_pid is not None:
+            with contextlib.suppress(OSError):
+                out["broker"] = procstat.cpu_seconds(self.broker_pid)
+        server = self.servers.get(kind)
+        if server is not None and server._process is not None:
+            out["server"] = procstat.cpu_seconds(server._process.pid)
+        return out
+
     def channel(self) -> str:
         self._runs += 1
         return f"/bench/r{self._runs}"
@@ -144,7 +175,7 @@ class Bench:
             "BRIDGE_STATE_DIR": str(self.tmp / "state"),
             "BRIDGE_LOG_LEVEL": "INFO",
         }
-        proc = BridgeProcess(env=env, log_path=self.tmp / "bridge.log", clear_env=True)
+        proc = BridgeCommand(env=env, log_path=self.tmp / "bridge.log", argv=self.bridge_argv)
         proc.start()
         try:
             await proc.wait_ready(READY_TIMEOUT)
@@ -178,6 +209,7 @@ class Bench:
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=log,
+            limit=1 << 20,
         )
         log.close()
         measured = Measured(proc.pid, lambda: _terminate(proc))
@@ -237,6 +269,7 @@ class Bench:
         try:
             self.consumer.expect({key: n} if variant != "receive-only" else {})
             cpu0 = procstat.cpu_seconds(proc.pid)
+            others0 = self._others_cpu(kind)
             t0 = time.time()
             if variant == "publish-only":
                 proc.stdin.write(b"GO\n")  # type: ignore[attr-defined]
@@ -249,15 +282,15 @@ class Bench:
                 line = await _line(proc, "DONE ", within)
                 done = json.loads(line[5:])
                 t1 = float(done["t_last"])
-                lat = list(done["latencies_ms"])
+                result.p50_ms, result.p99_ms = done["p50_ms"], done["p99_ms"]
                 result.missing, result.duplicates = done["missing"], done["duplicates"]
                 result.out_of_order = done["out_of_order"]
             else:
                 if not await self.consumer.wait_complete(within):
                     result.note = "incomplete within the time limit"
                 t1 = self.consumer.counter.last_ms / 1000.0
-                lat = []
             result.cpu_s = procstat.cpu_seconds(proc.pid) - cpu0
+            result.others_cpu = _minus(self._others_cpu(kind), others0)
             result.peak_rss_mb = procstat.peak_rss_mb(proc.pid)
             result.seconds = max(1e-6, t1 - t0) if t1 else None
         except Exception as exc:
@@ -271,9 +304,9 @@ class Bench:
                 r.duplicates,
                 r.out_of_order,
             )
-            lat = r.latencies_ms
-        if variant != "publish-only" and lat:
-            result.p50_ms, result.p99_ms = percentile(lat, 0.5), percentile(lat, 0.99)
+            if variant != "publish-only":  # its messages carry no server timestamp
+                result.p50_ms = percentile(r.latencies_ms, 0.5)
+                result.p99_ms = percentile(r.latencies_ms, 0.99)
         self.results.append(result)
         _print_row(result)
         return result
@@ -321,6 +354,7 @@ class Bench:
         try:
             self.consumer.expect({c[1:].replace("/", "."): per for c in channels})
             cpu0 = procstat.cpu_seconds(proc.pid)
+            others0 = self._others_cpu(kind)
             t0 = time.time()
             pad = max(0, size - JSON_OVERHEAD)
             await asyncio.gather(
@@ -330,6 +364,7 @@ class Bench:
                 result.note = "incomplete within the time limit"
             result.seconds = self.consumer.counter.last_ms / 1000.0 - t0
             result.cpu_s = procstat.cpu_seconds(proc.pid) - cpu0
+            result.others_cpu = _minus(self._others_cpu(kind), others0)
             result.peak_rss_mb = procstat.peak_rss_mb(proc.pid)
         finally:
             await proc.stop()
@@ -346,6 +381,10 @@ class Bench:
         self.results.append(result)
         _print_row(result)
         return result
+
+
+def _minus(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    return {k: v - before[k] for k, v in after.items() if k in before}
 
 
 async def _line(measured: Measured, prefix: str, within: float) -> str:
@@ -369,8 +408,8 @@ async def _terminate(
             await proc.wait()
     if task is not None:
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        # The output pump's own failure (if any) already failed the run that read from it.
+        await asyncio.gather(task, return_exceptions=True)
 
 
 # -- output ----------------------------------------------------------------------------------
@@ -449,6 +488,25 @@ def markdown(bench: Bench, machine: dict[str, str], elapsed: float) -> str:
             f"| {row['scenario']} | {row['server']} | {row['bridge']:,.0f} "
             f"| {_fmt(row['vs_baseline'], '.2f')} | {_fmt(row['vs_sink'], '.2f')} "
             f"| {_fmt(row['vs_source'], '.2f')} | {_fmt(row['vs_node'], '.2f')} |"
+        )
+    out += ["", "### Where the CPU went during the bursts (CPU s per 10,000 messages)", ""]
+    out += [
+        "| scenario | server | variant | measured process | broker | CometD server "
+        "| bench consumer | wall s |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in bench.results:
+        if not r.others_cpu or not r.n or "msg/s x" in r.scenario:
+            continue
+
+        def per10k(key: str, r: Result = r) -> str:
+            value = r.others_cpu.get(key)
+            return "-" if value is None else f"{value / r.n * 10_000:.2f}"
+
+        out.append(
+            f"| {r.scenario} | {r.server} | {r.variant} | {_fmt(r.cpu_per_10k, '.2f')} "
+            f"| {per10k('broker')} | {per10k('server')} | {per10k('consumer')} "
+            f"| {_fmt(r.seconds, '.2f')} |"
         )
     out += ["", "### Endpoint scale (one bridge process)", ""]
     out += [

@@ -1,0 +1,78 @@
+"""Profile the real bridge process under a burst: where does each message's CPU go?
+
+Usage: .venv/bin/python bench/profile_bridge.py [--server cometd|faye] [--n N] [--size B]
+       [--profiler cprofile|pyinstrument] [--out DIR]
+
+Runs ``python -m bridge run`` under the profiler against a real server, bursts N messages
+through it into RabbitMQ (counted exactly by the bench consumer), stops the bridge with SIGTERM
+(so the profiler writes its report) and prints the functions with the most own time, as
+microseconds per message. pyinstrument must be installed for ``--profiler pyinstrument``
+(``.venv/bin/pip install pyinstrument``; not a project dependency).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import pstats
+import sys
+import time
+from pathlib import Path
+
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench import run as bench_run  # noqa: E402
+
+
+async def main(args: argparse.Namespace, out: Path) -> None:
+    stats_path = out / "bridge.prof"
+    if args.profiler == "cprofile":
+        prefix = [sys.executable, "-m", "cProfile", "-o", str(stats_path)]
+    else:
+        prefix = [sys.executable, "-m", "pyinstrument", "-r", "text", "-o", str(out / "bridge.txt")]
+    bench = bench_run.Bench(bench_run.parse_args(["--quick"]))
+    bench.bridge_argv = [*prefix, "-m", "bridge", "run"]
+    await bench.setup()
+    try:
+        t0 = time.monotonic()
+        r = await bench.stream(
+            f"profile {args.size} B", "bridge", args.server, args.n, args.size, None
+        )
+        print(f"burst done in {time.monotonic() - t0:.1f} s: {r.rate or 0:,.0f} msg/s", flush=True)
+    finally:
+        await bench.teardown()
+    if args.profiler == "cprofile":
+        report(stats_path, args.n, args.top)
+    else:
+        print((out / "bridge.txt").read_text())
+
+
+def report(path: Path, n: int, top: int) -> None:
+    """Own time per function, as µs per message, heaviest first."""
+    stats = pstats.Stats(str(path))
+    rows = []
+    for (file, line, func), (_cc, calls, tottime, cumtime, _callers) in stats.stats.items():  # type: ignore[attr-defined]
+        rows.append((tottime, cumtime, calls, f"{Path(file).name}:{line}({func})"))
+    rows.sort(reverse=True)
+    total = sum(r[0] for r in rows)
+    print(f"total profiled CPU {total:.2f} s = {total / n * 1e6:.1f} µs per message (n={n})")
+    print(f"{'own µs/msg':>10}{'cum µs/msg':>11}{'calls/msg':>10}  function")
+    for tottime, cumtime, calls, name in rows[:top]:
+        print(f"{tottime / n * 1e6:>10.2f}{cumtime / n * 1e6:>11.2f}{calls / n:>10.2f}  {name}")
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--server", choices=["cometd", "faye"], default="cometd")
+    p.add_argument("--n", type=int, default=20_000)
+    p.add_argument("--size", type=int, default=200)
+    p.add_argument("--profiler", choices=["cprofile", "pyinstrument"], default="cprofile")
+    p.add_argument("--out", default="/tmp/cometd-bridge-profile")
+    p.add_argument("--top", type=int, default=30)
+    cli_args = p.parse_args()
+    out_dir = Path(cli_args.out).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    asyncio.run(main(cli_args, out_dir))

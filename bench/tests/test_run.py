@@ -1,0 +1,56 @@
+"""The benchmark harness end to end at a tiny size: every variant starts, moves every message
+and is measured (no timing is asserted: figures are the bench's output, not a test verdict)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from bench.run import Bench, parse_args, ratios
+
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+N = 300
+
+
+@pytest.fixture
+async def bench() -> AsyncIterator[Bench]:
+    b = Bench(parse_args(["--quick"]))
+    await b.setup()
+    try:
+        yield b
+    finally:
+        await b.teardown()
+
+
+@pytest.mark.parametrize("variant", ["bridge", "baseline", "receive-only", "node", "publish-only"])
+async def test_every_variant_delivers_every_message_exactly(bench: Bench, variant: str) -> None:
+    kind = "" if variant == "publish-only" else "cometd"
+    r = await bench.stream("burst 200 B", variant, kind, N, 200, None)
+    assert r.note == ""
+    assert (r.missing, r.duplicates) == (0, 0)
+    assert r.rate is not None
+    assert r.cpu_s is not None
+    assert r.peak_rss_mb is not None
+    if variant != "publish-only":
+        assert r.p50_ms is not None
+        assert r.p99_ms is not None
+
+
+async def test_bridge_on_websocket_and_ratios(bench: Bench) -> None:
+    for variant in ("bridge", "baseline"):
+        r = await bench.stream("burst 200 B", variant, "faye", N, 200, None)
+        assert (r.missing, r.duplicates) == (0, 0)
+    await bench.stream("burst 200 B", "publish-only", "", N, 200, None)
+    (row,) = ratios(bench.results)
+    assert row["vs_baseline"] is not None
+    assert row["vs_sink"] is not None
+
+
+async def test_busy_and_idle_endpoints(bench: Bench) -> None:
+    r = await bench.busy("faye", 3, N, 200)
+    assert (r.missing, r.duplicates) == (0, 0)
+    row = await bench.idle("cometd", 2, 0.2)
+    assert row["rss_mb"] > 0
