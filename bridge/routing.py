@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -34,9 +34,31 @@ DELIVERY_MODE_PERSISTENT: Final = 2
 # Wildcard subscriptions can bring many distinct channels; keep the cache bounded.
 _CACHE_LIMIT: Final = 4096
 
-_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+def _json_encoder(*, sort_keys: bool) -> Callable[[Any], str]:
+    """A compact, non-ASCII-escaping JSON encoder, built once.
+
+    ``JSONEncoder.encode`` builds a new C encoder on every call (a third of its cost for a
+    small message); the one made here is reused. Without circular checking (data decoded from
+    JSON cannot be circular; a circular input raises ``RecursionError``, mapped by the caller).
+    """
+    slow = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, sort_keys=sort_keys)
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # an interpreter without the C accelerator
+        return slow.encode
+    encoder = make(
+        None, slow.default, json.encoder.encode_basestring, None, ":", ",", sort_keys, False, True
+    )
+
+    def encode(value: Any) -> str:
+        return "".join(encoder(value, 0))
+
+    return encode
+
+
+_encode = _json_encoder(sort_keys=False)
 # Canonical form for the content hash: key order must not change the message id.
-_canonical = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, sort_keys=True).encode
+_canonical = _json_encoder(sort_keys=True)
 
 
 class RoutingError(ValueError):
@@ -129,7 +151,7 @@ class Router:
         data = message["data"]
         try:
             body = _encode(data).encode()
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, RecursionError) as exc:
             raise RoutingError(f"data is not JSON-serialisable: {exc}") from None
         replay_id = _replay_id(data)
         cometd_id = message.get("id")

@@ -31,6 +31,8 @@ PROPERTY_FLAGS: Final = 0x8000 | 0x2000 | 0x1000 | 0x0080 | 0x0040
 _CONTENT_TYPE: Final = b"\x10application/json"
 _PERSISTENT: Final = b"\x02"
 _METHOD_CACHE_MAX: Final = 4096
+_HEAD_CACHE_MAX: Final = 256
+_STR_HEADS: dict[str, bytes] = {}  # header name -> its short string and the ``S`` type tag
 
 
 def _shortstr(value: str) -> bytes:
@@ -41,15 +43,27 @@ def _shortstr(value: str) -> bytes:
 
 
 def encode_headers(headers: Mapping[str, Any]) -> bytes:
-    """A field table; string values (the common case) are packed inline, the rest by pamqp."""
-    parts = []
+    """A field table; string values (the common case) are packed inline, the rest by pamqp.
+
+    The few header names the bridge uses are encoded once (name + ``S`` tag), so a string
+    header costs one ``str.encode`` and one ``pack``.
+    """
+    parts: list[bytes] = []
+    append = parts.append
     for key, value in headers.items():
-        parts.append(_shortstr(key))
         if type(value) is str:
+            head = _STR_HEADS.get(key)
+            if head is None:
+                head = _shortstr(key) + b"S"
+                if len(_STR_HEADS) < _HEAD_CACHE_MAX:  # arbitrary header names: stay bounded
+                    _STR_HEADS[key] = head
             raw = value.encode()
-            parts.append(b"S" + _U32.pack(len(raw)) + raw)
+            append(head)
+            append(_U32.pack(len(raw)))
+            append(raw)
         else:
-            parts.append(_pamqp_encode.encode_table_value(value))
+            append(_shortstr(key))
+            append(_pamqp_encode.encode_table_value(value))
     table = b"".join(parts)
     return _U32.pack(len(table)) + table
 
