@@ -55,6 +55,13 @@ SERVER_OPTIONS: dict[str, dict[str, int]] = {
 }
 TRANSPORT = {"cometd": "long-polling", "faye": "websocket"}
 SERVER_LABEL = {"cometd": "cometd-nodejs LP", "faye": "faye WS"}
+# `python -m bridge run` with uvloop's event loop policy (uvloop is not a project dependency).
+UVLOOP_ARGV = [
+    sys.executable,
+    "-c",
+    "import asyncio, runpy, sys, uvloop; asyncio.set_event_loop_policy(uvloop.EventLoopPolicy());"
+    " sys.argv = ['bridge', 'run']; runpy.run_module('bridge', run_name='__main__')",
+]
 JSON_OVERHEAD = len('{"seq":12345,"ts":1764000000000,"pad":""}')
 
 
@@ -168,14 +175,18 @@ class Bench:
 
     # -- launching the measured programs --------------------------------------------------
 
-    async def _bridge(self, endpoints: dict[str, dict[str, Any]]) -> Measured:
+    async def _bridge(
+        self, endpoints: dict[str, dict[str, Any]], argv: list[str] | None = None
+    ) -> Measured:
         env = {
             "BRIDGE_ENDPOINTS": json.dumps(endpoints),
             "BRIDGE_AMQP_URL": AMQP_URL,
             "BRIDGE_STATE_DIR": str(self.tmp / "state"),
             "BRIDGE_LOG_LEVEL": "INFO",
         }
-        proc = BridgeCommand(env=env, log_path=self.tmp / "bridge.log", argv=self.bridge_argv)
+        proc = BridgeCommand(
+            env=env, log_path=self.tmp / "bridge.log", argv=argv or self.bridge_argv
+        )
         proc.start()
         try:
             await proc.wait_ready(READY_TIMEOUT)
@@ -238,6 +249,8 @@ class Bench:
         transport = TRANSPORT.get(kind, "")
         if variant == "bridge":
             return await self._bridge({"bench": self._endpoint(kind, [channel])})
+        if variant == "bridge+uvloop":  # the same daemon on uvloop's event loop
+            return await self._bridge({"bench": self._endpoint(kind, [channel])}, UVLOOP_ARGV)
         if variant == "node":
             argv = ["node", "node_bridge.mjs", url, transport, channel, self.exchange, AMQP_URL]
             return await self._process(argv, BENCH_DIR, "node-bridge")
@@ -271,7 +284,7 @@ class Bench:
             cpu0 = procstat.cpu_seconds(proc.pid)
             others0 = self._others_cpu(kind)
             t0 = time.time()
-            if variant == "publish-only":
+            if variant.startswith("publish-only"):
                 proc.stdin.write(b"GO\n")  # type: ignore[attr-defined]
             else:
                 await self.servers[kind].publish(
@@ -304,7 +317,7 @@ class Bench:
                 r.duplicates,
                 r.out_of_order,
             )
-            if variant != "publish-only":  # its messages carry no server timestamp
+            if not variant.startswith("publish-only"):  # no server timestamp in them
                 result.p50_ms = percentile(r.latencies_ms, 0.5)
                 result.p99_ms = percentile(r.latencies_ms, 0.99)
         self.results.append(result)
@@ -438,6 +451,7 @@ def ratios(results: list[Result]) -> list[dict[str, Any]]:
     """bridge / baseline, bridge / sink ceiling, bridge / source ceiling, bridge / node."""
     by = {(r.scenario, r.server, r.variant): r for r in results}
     sink = {r.scenario: r for r in results if r.variant == "publish-only"}
+    fast_sink = {r.scenario: r for r in results if r.variant == "publish-only-bridge"}
     rows = []
     for (scenario, server, variant), r in by.items():
         if variant != "bridge" or not scenario.startswith("burst") or r.rate is None:
@@ -453,6 +467,7 @@ def ratios(results: list[Result]) -> list[dict[str, Any]]:
                 "bridge": r.rate,
                 "vs_baseline": div(by.get((scenario, server, "baseline"))),
                 "vs_sink": div(sink.get(scenario)),
+                "vs_fast_sink": div(fast_sink.get(scenario)),
                 "vs_source": div(by.get((scenario, server, "receive-only"))),
                 "vs_node": div(by.get((scenario, server, "node"))),
             }
@@ -479,14 +494,15 @@ def markdown(bench: Bench, machine: dict[str, str], elapsed: float) -> str:
         )
     out += ["", "### Ratios (msg/s, same run)", ""]
     out += [
-        "| scenario | server | bridge msg/s | bridge/baseline | bridge/sink ceiling "
-        "| bridge/source ceiling | bridge/node |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| scenario | server | bridge msg/s | bridge/baseline | bridge/sink ceiling (aio-pika) "
+        "| bridge/publish-only bridge.amqp | bridge/source ceiling | bridge/node |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for row in ratios(bench.results):
         out.append(
             f"| {row['scenario']} | {row['server']} | {row['bridge']:,.0f} "
             f"| {_fmt(row['vs_baseline'], '.2f')} | {_fmt(row['vs_sink'], '.2f')} "
+            f"| {_fmt(row['vs_fast_sink'], '.2f')} "
             f"| {_fmt(row['vs_source'], '.2f')} | {_fmt(row['vs_node'], '.2f')} |"
         )
     out += ["", "### Where the CPU went during the bursts (CPU s per 10,000 messages)", ""]
@@ -548,9 +564,11 @@ async def main(args: argparse.Namespace) -> str:
         # so slow drifts of the machine spread over all of them.
         turn = 0
         for size in (200, 2000):
-            await bench.stream(f"burst {size} B", "publish-only", "", n, size, None)
+            for sink in ("publish-only", "publish-only-bridge"):
+                await bench.stream(f"burst {size} B", sink, "", n, size, None)
             for kind in ("cometd", "faye"):
-                order = variants[turn % len(variants) :] + variants[: turn % len(variants)]
+                these = variants + (["bridge+uvloop"] if args.uvloop and size == 200 else [])
+                order = these[turn % len(these) :] + these[: turn % len(these)]
                 turn += 1
                 for variant in order:
                     await bench.stream(f"burst {size} B", variant, kind, n, size, None)
@@ -592,6 +610,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rate-seconds", type=float, default=None, help="default 10; quick 3")
     p.add_argument("--idle-window", type=float, default=None, help="seconds; default 5; quick 2")
     p.add_argument("--markdown", help="also write the tables to this file")
+    p.add_argument(
+        "--uvloop", action="store_true", help="also run the bridge on uvloop (200 B bursts)"
+    )
     args = p.parse_args(argv)
     args.n = args.n or (3000 if args.quick else 20_000)
     args.rate_seconds = args.rate_seconds or (3.0 if args.quick else 10.0)

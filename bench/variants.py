@@ -7,7 +7,9 @@
 - ``receive-only``: the source ceiling: our client receiving as fast as it can, publishing
   nothing; prints ``DONE {json}`` with its own exact count once every message arrived;
 - ``publish-only``: the sink ceiling: aio-pika pipelined confirms (512 in flight) of pre-built
-  messages, started by a ``GO`` line on stdin; prints ``DONE {json}`` when all are confirmed.
+  messages, started by a ``GO`` line on stdin; prints ``DONE {json}`` when all are confirmed;
+- ``publish-only-bridge``: the same with the bridge's own publisher (``bridge.amqp``) and
+  router: how fast this broker takes confirmed messages at all, CometD aside.
 
 Messages follow the AMQP contract of docs/CONTRACTS.md closely enough to cost the same.
 """
@@ -123,7 +125,48 @@ async def publish_only(args: argparse.Namespace) -> None:
     await conn.close()
 
 
-MODES = {"baseline": baseline, "receive-only": receive_only, "publish-only": publish_only}
+async def publish_only_bridge(args: argparse.Namespace) -> None:
+    from bridge.amqp import EndpointPublisher
+    from bridge.routing import Router
+
+    conn = await aio_pika.connect_robust(args.amqp)
+    publisher = EndpointPublisher(conn, "bench", max_inflight=WINDOW, publish_timeout=30)
+    await publisher.start()
+    router = Router("bench", args.exchange)
+    pad = "x" * args.size
+    now = time.time()
+    messages = [
+        router.route(
+            {"channel": args.channel, "id": str(seq), "data": {"seq": seq, "ts": 0, "pad": pad}},
+            now,
+        )
+        for seq in range(1, args.n + 1)
+    ]
+    print("READY", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)  # GO
+    left = len(messages)
+    done = asyncio.get_running_loop().create_future()
+
+    def on_done(_msg: Any, _result: Any) -> None:
+        nonlocal left
+        left -= 1
+        if not left:
+            done.set_result(None)
+
+    for message in messages:
+        publisher.submit(message, on_done)
+    await done
+    print("DONE " + json.dumps({"t_last": time.time()}), flush=True)
+    await publisher.close(5)
+    await conn.close()
+
+
+MODES = {
+    "baseline": baseline,
+    "receive-only": receive_only,
+    "publish-only": publish_only,
+    "publish-only-bridge": publish_only_bridge,
+}
 
 
 def main() -> None:

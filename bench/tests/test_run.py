@@ -25,16 +25,19 @@ async def bench() -> AsyncIterator[Bench]:
         await b.teardown()
 
 
-@pytest.mark.parametrize("variant", ["bridge", "baseline", "receive-only", "node", "publish-only"])
+@pytest.mark.parametrize(
+    "variant",
+    ["bridge", "baseline", "receive-only", "node", "publish-only", "publish-only-bridge"],
+)
 async def test_every_variant_delivers_every_message_exactly(bench: Bench, variant: str) -> None:
-    kind = "" if variant == "publish-only" else "cometd"
+    kind = "" if variant.startswith("publish-only") else "cometd"
     r = await bench.stream("burst 200 B", variant, kind, N, 200, None)
     assert r.note == ""
     assert (r.missing, r.duplicates) == (0, 0)
     assert r.rate is not None
     assert r.cpu_s is not None
     assert r.peak_rss_mb is not None
-    if variant != "publish-only":
+    if not variant.startswith("publish-only"):
         assert r.p50_ms is not None
         assert r.p99_ms is not None
 
@@ -44,9 +47,18 @@ async def test_bridge_on_websocket_and_ratios(bench: Bench) -> None:
         r = await bench.stream("burst 200 B", variant, "faye", N, 200, None)
         assert (r.missing, r.duplicates) == (0, 0)
     await bench.stream("burst 200 B", "publish-only", "", N, 200, None)
+    await bench.stream("burst 200 B", "publish-only-bridge", "", N, 200, None)
     (row,) = ratios(bench.results)
     assert row["vs_baseline"] is not None
     assert row["vs_sink"] is not None
+    assert row["vs_fast_sink"] is not None
+
+
+async def test_bridge_on_uvloop(bench: Bench) -> None:
+    pytest.importorskip("uvloop")  # measured on request (--uvloop), not a dependency
+    r = await bench.stream("burst 200 B", "bridge+uvloop", "faye", N, 200, None)
+    assert r.note == ""
+    assert (r.missing, r.duplicates) == (0, 0)
 
 
 async def test_busy_and_idle_endpoints(bench: Bench) -> None:
