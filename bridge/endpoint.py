@@ -44,6 +44,7 @@ from typing import Any
 import structlog
 
 from bridge.amqp import EndpointPublisher, PublishResult
+from bridge.auth.errors import FailureKind, classify_failure, limit_label
 from bridge.cometd import Client, ConnectionType
 from bridge.cometd.events import (
     AuthFailed,
@@ -85,6 +86,9 @@ log = structlog.get_logger("bridge.endpoint")
 _RESTART_FIRST = 0.5
 _RESTART_MAX = 30.0
 _RESTART_RESET_AFTER = 60.0
+# A quota/limit refusal (e.g. Salesforce's concurrent user limit) restarts after this long.
+_QUOTA_BACKOFF_MIN = 60.0
+_QUOTA_BACKOFF_MAX = 180.0
 
 # How long a replay endpoint's buffer may stay full before its session is ended on purpose:
 # long enough to ride out a burst, short against any server's reconnect budget (Salesforce
@@ -154,13 +158,20 @@ class EndpointWorker:
         auth: AuthExtension | None = None,
         extensions: Sequence[Extension] = (),
         url: str | None = None,
+        url_resolver: Callable[[], Awaitable[str]] | None = None,
         client_factory: ClientFactory = Client,
         positions: PositionKeeper | None = None,
         gap_sink: GapSink | None = None,
     ) -> None:
         self.name = name
         self.config = config
-        self.url = url if url is not None else config.resolve_url()
+        # Salesforce endpoints may leave ``url`` unset: it then comes from the token response
+        # (``instance_url``), fetched by ``url_resolver`` at the first session and retried
+        # with the session backoff while the token endpoint is unavailable.
+        self.url: str | None = url
+        self._url_resolver = url_resolver
+        if url is None and url_resolver is None:
+            self.url = config.resolve_url()
         self.status = EndpointStatus()
         self._publisher = publisher
         self._metrics = metrics
@@ -305,6 +316,9 @@ class EndpointWorker:
             except Exception as exc:  # every failure of one session is retried, never fatal
                 self.status.last_error = _describe(exc)
                 self._log.warning("endpoint session ended", error=self.status.last_error)
+                quota = self._quota_refusal(exc)
+            else:
+                quota = None
             finally:
                 self._set_up(False)
             if self._stopping.is_set():
@@ -312,6 +326,17 @@ class EndpointWorker:
             if time.monotonic() - started > _RESTART_RESET_AFTER:
                 attempt = 0
             delay = random.uniform(0, min(_RESTART_MAX, _RESTART_FIRST * 2**attempt))
+            if quota is not None:
+                # Retrying a quota refusal quickly only burns more of the quota (aiocometd#1
+                # looped into "concurrent user limit exceeded"): wait minutes, not seconds.
+                delay = random.uniform(_QUOTA_BACKOFF_MIN, _QUOTA_BACKOFF_MAX)
+                self._metrics.auth_limit(quota)
+                self.status.last_error = f"limit exhausted ({quota}): {self.status.last_error}"
+                self._log.error(
+                    "the server refused the session: a quota/limit is exhausted; backing off",
+                    limit=quota,
+                    retry_in=round(delay, 1),
+                )
             attempt += 1
             self.status.restarts += 1
             self.status.state = "restarting"
@@ -320,6 +345,16 @@ class EndpointWorker:
                 async with asyncio.timeout(delay):
                     await self._stopping.wait()
         self.status.state = "stopped"
+
+    @staticmethod
+    def _quota_refusal(exc: BaseException) -> str | None:
+        """The exhausted limit's label when ``exc`` is the server refusing for a quota."""
+        if not isinstance(exc, ServerError) or not isinstance(exc.response, Mapping):
+            return None
+        failure = classify_failure(exc.response)
+        if failure.kind is not FailureKind.QUOTA:
+            return None
+        return failure.limit or "other"
 
     def request_stop(self) -> None:
         """Stop fetching; :meth:`run` drains what was received and returns."""
@@ -404,6 +439,10 @@ class EndpointWorker:
 
     async def _session(self) -> None:
         self.status.state = "connecting"
+        if self.url is None:
+            assert self._url_resolver is not None
+            self.url = await self._url_resolver()
+            self._log.info("endpoint URL derived from the token response", url=self.url)
         client = self._client_factory(
             self.url,
             [ConnectionType(t) for t in self.config.connection_types],
@@ -662,6 +701,15 @@ class EndpointWorker:
             if event.error:
                 s.last_error = event.error
             self._log.info("reconnecting", reason=event.reason, delay=round(event.delay, 2))
+            if event.reason == "quota":
+                limit = limit_label(event.error or "")
+                m.auth_limit(limit)
+                self._log.error(
+                    "the server refused the session: a quota/limit is exhausted; backing off",
+                    limit=limit,
+                    error=event.error,
+                    retry_in=round(event.delay, 1),
+                )
             self._note_lost_session(event.reason)
         elif isinstance(event, Connected):
             if self._up:

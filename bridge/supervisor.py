@@ -25,6 +25,8 @@ import signal
 import socket
 import time
 from collections.abc import Iterator, Mapping
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import aio_pika
@@ -35,6 +37,7 @@ from aiohttp import web
 from bridge import __version__
 from bridge.amqp import AmqpPublisher
 from bridge.auth import CredentialRegistry, PrometheusAuthHooks, extension_for
+from bridge.auth.factory import resolve_endpoint_url
 from bridge.endpoint import EndpointWorker, PublisherMetricsHooks
 from bridge.http import start_http_server
 from bridge.metrics import Metrics
@@ -176,7 +179,7 @@ class Supervisor:
                 alternate_exchange=ep.alternate_exchange,
                 max_inflight=ep.max_inflight,
             )
-            auth = extension_for(self._credentials, ep.auth, name)
+            auth = extension_for(self._credentials, ep.auth, name, state_dir=Path(s.state_dir))
             keeper = None
             if ep.replay != "off":
                 keeper = PositionKeeper(
@@ -191,6 +194,8 @@ class Supervisor:
                 publisher=publisher,
                 metrics=em,
                 auth=auth,
+                url=ep.url,
+                url_resolver=partial(resolve_endpoint_url, ep, auth),
                 positions=keeper,
                 gap_sink=self._publish_gap,
             )
