@@ -18,6 +18,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from bridge import __version__
+from bridge.cometd.events import RECONNECT_REASONS as _CLIENT_RECONNECT_REASONS
 
 
 __all__ = [
@@ -32,20 +33,9 @@ __all__ = [
 
 NAMESPACE: Final = "cometd_bridge"
 
-RECONNECT_REASONS: Final = (
-    "network",
-    "timeout",
-    "http_error",
-    "malformed",
-    "unknown_session",
-    "server_advice",
-    "server_disconnect",
-    "max_interval",
-    "auth",
-    "quota",
-    "buffer_full",
-    "transport_fallback",
-)
+# The client library defines the reasons it reports; the metric pre-creates one series each,
+# in a stable order so the exposition does not shuffle between runs.
+RECONNECT_REASONS: Final = tuple(sorted(_CLIENT_RECONNECT_REASONS))
 PUBLISH_FAILURE_REASONS: Final = ("nack", "timeout", "connection")
 UNROUTABLE_ACTIONS: Final = ("alternate", "logged")
 HANDSHAKE_RESULTS: Final = ("success", "failure")
