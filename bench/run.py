@@ -97,6 +97,11 @@ class Result:
     note: str = ""
     #: CPU seconds the other parties spent meanwhile: broker, CometD server, bench consumer.
     others_cpu: dict[str, float] = field(default_factory=dict)
+    latencies_ms: list[float] = field(default_factory=list, repr=False)
+
+    def set_latencies(self, latencies: list[float]) -> None:
+        self.latencies_ms = latencies
+        self.p50_ms, self.p99_ms = percentile(latencies, 0.5), percentile(latencies, 0.99)
 
     @property
     def rate(self) -> float | None:
@@ -244,7 +249,9 @@ class Bench:
         measured.stdin = proc.stdin  # type: ignore[attr-defined]
         return measured
 
-    async def launch(self, variant: str, kind: str, channel: str, n: int, size: int) -> Measured:
+    async def launch(
+        self, variant: str, kind: str, channel: str, n: int, size: int, latencies: Path
+    ) -> Measured:
         url = self.servers[kind].url if kind else ""
         transport = TRANSPORT.get(kind, "")
         if variant == "bridge":
@@ -257,22 +264,35 @@ class Bench:
         argv = [
             sys.executable, "-m", "bench.variants", variant, "--url", url,
             "--transport", transport, "--channel", channel, "--exchange", self.exchange,
-            "--amqp", AMQP_URL, "-n", str(n), "--size", str(size),
+            "--amqp", AMQP_URL, "-n", str(n), "--size", str(size), "--latencies", str(latencies),
         ]  # fmt: skip
         return await self._process(argv, ROOT, variant)
 
     # -- one measured stream --------------------------------------------------------------
 
     async def stream(
-        self, scenario: str, variant: str, kind: str, n: int, size: int, rate: float | None
+        self,
+        scenario: str,
+        variant: str,
+        kind: str,
+        n: int,
+        size: int,
+        rate: float | None,
+        *,
+        record: bool = True,
     ) -> Result:
+        """Run one variant over one stream of ``n`` messages and measure it (``record``: add
+        it to the results and print it)."""
         assert self.consumer is not None
         channel = self.channel()
         key = channel[1:].replace("/", ".")
         label = SERVER_LABEL.get(kind, "-")
         result = Result(scenario, label, variant, n)
+        latency_file = self.tmp / f"latencies-{self._runs}.json"
         try:
-            proc = await self.launch(variant, kind, channel, n, max(0, size - JSON_OVERHEAD))
+            proc = await self.launch(
+                variant, kind, channel, n, max(0, size - JSON_OVERHEAD), latency_file
+            )
         except Exception as exc:
             result.note = f"did not start: {exc}"[:200]
             result.missing = n
@@ -295,7 +315,7 @@ class Bench:
                 line = await _line(proc, "DONE ", within)
                 done = json.loads(line[5:])
                 t1 = float(done["t_last"])
-                result.p50_ms, result.p99_ms = done["p50_ms"], done["p99_ms"]
+                result.set_latencies(json.loads(await asyncio.to_thread(latency_file.read_text)))
                 result.missing, result.duplicates = done["missing"], done["duplicates"]
                 result.out_of_order = done["out_of_order"]
             else:
@@ -318,10 +338,10 @@ class Bench:
                 r.out_of_order,
             )
             if not variant.startswith("publish-only"):  # no server timestamp in them
-                result.p50_ms = percentile(r.latencies_ms, 0.5)
-                result.p99_ms = percentile(r.latencies_ms, 0.99)
-        self.results.append(result)
-        _print_row(result)
+                result.set_latencies(r.latencies_ms)
+        if record:
+            self.results.append(result)
+            _print_row(result)
         return result
 
     # -- endpoint scale -------------------------------------------------------------------
@@ -396,6 +416,23 @@ class Bench:
         return result
 
 
+def merge(parts: list[Result]) -> Result:
+    """One result from rounds of the same variant (interleaved with the others)."""
+    first = parts[0]
+    merged = Result(first.scenario, first.server, first.variant, sum(p.n for p in parts))
+    if all(p.seconds for p in parts):
+        merged.seconds = sum(p.seconds or 0.0 for p in parts)
+    if all(p.cpu_s is not None for p in parts):
+        merged.cpu_s = sum(p.cpu_s or 0.0 for p in parts)
+    merged.peak_rss_mb = max((p.peak_rss_mb or 0.0) for p in parts) or None
+    merged.missing = sum(p.missing for p in parts)
+    merged.duplicates = sum(p.duplicates for p in parts)
+    merged.out_of_order = sum(p.out_of_order for p in parts)
+    merged.note = "; ".join(p.note for p in parts if p.note)
+    merged.set_latencies([v for p in parts for v in p.latencies_ms])
+    return merged
+
+
 def _minus(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
     return {k: v - before[k] for k, v in after.items() if k in before}
 
@@ -428,7 +465,7 @@ async def _terminate(
 # -- output ----------------------------------------------------------------------------------
 
 HEAD = (
-    f"  {'scenario':<26}{'server':<18}{'variant':<14}{'msg/s':>9}{'p50 ms':>8}{'p99 ms':>8}"
+    f"  {'scenario':<26}{'server':<18}{'variant':<21}{'msg/s':>9}{'p50 ms':>8}{'p99 ms':>8}"
     f"{'RSS MB':>8}{'CPU s/10k':>10}{'miss':>6}{'dup':>5}{'ooo':>5}"
 )
 
@@ -439,7 +476,7 @@ def _fmt(value: float | None, spec: str) -> str:
 
 def _print_row(r: Result) -> None:
     print(
-        f"  {r.scenario:<26}{r.server:<18}{r.variant:<14}{_fmt(r.rate, ',.0f'):>9}"
+        f"  {r.scenario:<26}{r.server:<18}{r.variant:<21}{_fmt(r.rate, ',.0f'):>9}"
         f"{_fmt(r.p50_ms, '.1f'):>8}{_fmt(r.p99_ms, '.1f'):>8}{_fmt(r.peak_rss_mb, '.1f'):>8}"
         f"{_fmt(r.cpu_per_10k, '.2f'):>10}{r.missing:>6}{r.duplicates:>5}{r.out_of_order:>5}"
         + (f"  {r.note}" if r.note else ""),
@@ -572,16 +609,22 @@ async def main(args: argparse.Namespace) -> str:
                 turn += 1
                 for variant in order:
                     await bench.stream(f"burst {size} B", variant, kind, n, size, None)
-        for kind in ("cometd", "faye"):
-            for variant in variants:
-                await bench.stream(
-                    f"{args.rate:.0f} msg/s x {args.rate_seconds:.0f} s",
-                    variant,
-                    kind,
-                    rate_n,
-                    200,
-                    args.rate,
-                )
+        # The fixed rate in two interleaved rounds of half the time each: the p99 of a few
+        # thousand samples is sensitive to whatever else the machine does at that moment.
+        scenario = f"{args.rate:.0f} msg/s x {args.rate_seconds:.0f} s"
+        rounds: dict[tuple[str, str], list[Result]] = {}
+        for rnd in range(2):
+            for kind in ("cometd", "faye"):
+                order = variants[rnd:] + variants[:rnd]
+                for variant in order:
+                    part = await bench.stream(
+                        scenario, variant, kind, rate_n // 2, 200, args.rate, record=False
+                    )
+                    rounds.setdefault((kind, variant), []).append(part)
+        for parts in rounds.values():
+            merged = merge(parts)
+            bench.results.append(merged)
+            _print_row(merged)
         await bench.busy("faye", 10, n, 200)
         if not args.quick:
             await bench.busy("cometd", 10, n, 200)

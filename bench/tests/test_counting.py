@@ -51,3 +51,18 @@ def test_percentile_nearest_rank() -> None:
     assert percentile(values, 0.5) == 51.0  # round(0.5 * 99) = 50 -> the 51st value
     assert percentile(values, 0.99) == 99.0
     assert percentile([], 0.5) is None
+
+
+def test_rounds_merge_into_one_result() -> None:
+    from bench.run import Result, merge
+
+    a = Result("s", "srv", "bridge", 100, seconds=1.0, cpu_s=0.5, peak_rss_mb=50.0, missing=1)
+    a.set_latencies([1.0] * 100)
+    b = Result("s", "srv", "bridge", 100, seconds=1.0, cpu_s=0.3, peak_rss_mb=60.0, duplicates=2)
+    b.set_latencies([3.0] * 99 + [9.0])
+    m = merge([a, b])
+    assert (m.n, m.seconds, m.cpu_s, m.peak_rss_mb) == (200, 2.0, 0.8, 60.0)
+    assert (m.missing, m.duplicates) == (1, 2)
+    assert m.rate == 100.0
+    assert m.p50_ms in (1.0, 3.0)
+    assert m.p99_ms == 3.0  # nearest rank of 200 samples: the single 9.0 is beyond p99
