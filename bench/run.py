@@ -1,7 +1,12 @@
 """`make bench`: the bridge end to end against a naive baseline, the source and sink ceilings and
 a Node reference bridge, in one interleaved run on this machine.
 
-Usage: .venv/bin/python bench/run.py [--quick] [--n N] [--markdown PATH]
+Usage: .venv/bin/python bench/run.py [--quick] [--n N] [--uvloop] [--markdown PATH]
+
+Variants: ``bridge`` (the real daemon, ``python -m bridge run``), ``baseline`` (our client, each
+publish awaited with confirms), ``receive-only`` (source ceiling), ``publish-only`` (sink
+ceiling: aio-pika pipelined confirms), ``publish-only-bridge`` (the bridge's own publisher
+alone), ``node`` (cometd + amqplib, bench/node_bridge.mjs), ``bridge+uvloop`` (``--uvloop``).
 
 Every measured program runs as its own process, so its peak RSS (VmHWM) and CPU seconds
 (/proc/<pid>/stat, counted from "ready" to "last message consumed") are its own. Real servers
