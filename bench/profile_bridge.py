@@ -18,6 +18,7 @@ import pstats
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,7 +55,8 @@ def report(path: Path, n: int, top: int) -> None:
     """Own time per function, as µs per message, heaviest first."""
     stats = pstats.Stats(str(path))
     rows = []
-    for (file, line, func), (_cc, calls, tottime, cumtime, _callers) in stats.stats.items():  # type: ignore[attr-defined]
+    table: dict[Any, Any] = getattr(stats, "stats", {})  # pstats keeps its rows untyped
+    for (file, line, func), (_cc, calls, tottime, cumtime, _callers) in table.items():
         rows.append((tottime, cumtime, calls, f"{Path(file).name}:{line}({func})"))
     rows.sort(reverse=True)
     total = sum(r[0] for r in rows)

@@ -46,7 +46,7 @@ from bench.consumer import RawConsumer  # noqa: E402
 from bench.counting import percentile  # noqa: E402
 from bench.machine import describe  # noqa: E402
 from tests.e2e.harness import BridgeProcess  # noqa: E402
-from tests.fixtures.servers import NodeBayeuxServer  # noqa: E402
+from tests.fixtures.servers import NodeBayeuxServer, ServerKind  # noqa: E402
 
 
 AMQP_URL = os.environ.get("BRIDGE_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
@@ -124,6 +124,7 @@ class Measured:
     pid: int
     stop: Callable[[], Awaitable[None]]
     lines: asyncio.Queue[str] = field(default_factory=asyncio.Queue)
+    stdin: asyncio.StreamWriter | None = None
 
 
 class Bench:
@@ -143,8 +144,9 @@ class Bench:
     # -- environment ----------------------------------------------------------------------
 
     async def setup(self) -> None:
-        for kind in ("cometd", "faye"):
-            server = NodeBayeuxServer(kind=kind, options=dict(SERVER_OPTIONS[kind]))  # type: ignore[arg-type]
+        kinds: tuple[ServerKind, ...] = ("cometd", "faye")
+        for kind in kinds:
+            server = NodeBayeuxServer(kind=kind, options=dict(SERVER_OPTIONS[kind]))
             await server.start()
             self.servers[kind] = server
         self._amqp = await aio_pika.connect(AMQP_URL)
@@ -251,7 +253,7 @@ class Bench:
                 f"{name} did not get ready: {(self.tmp / f'{name}.log').read_text()[-2000:]}"
             ) from None
         del line
-        measured.stdin = proc.stdin  # type: ignore[attr-defined]
+        measured.stdin = proc.stdin
         return measured
 
     async def launch(
@@ -310,7 +312,8 @@ class Bench:
             others0 = self._others_cpu(kind)
             t0 = time.time()
             if variant.startswith("publish-only"):
-                proc.stdin.write(b"GO\n")  # type: ignore[attr-defined]
+                assert proc.stdin is not None
+                proc.stdin.write(b"GO\n")
             else:
                 await self.servers[kind].publish(
                     channel, n, size=max(0, size - JSON_OVERHEAD), rate=rate, wait=False
