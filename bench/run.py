@@ -140,6 +140,11 @@ class Bench:
         self._amqp: aio_pika.abc.AbstractConnection | None = None
         self.bridge_argv = [sys.executable, "-m", "bridge", "run"]
         self.broker_pid = procstat.find_pid("beam.smp")  # a local broker: its CPU is reported
+        #: Called with the measured pid just before the stream starts and once it is consumed
+        #: (bench/profile_bridge.py switches its profiler on and off with them).
+        self.around_stream: (
+            tuple[Callable[[int], None], Callable[[int], Awaitable[None]]] | None
+        ) = None
 
     # -- environment ----------------------------------------------------------------------
 
@@ -308,6 +313,8 @@ class Bench:
             return result
         try:
             self.consumer.expect({key: n} if variant != "receive-only" else {})
+            if self.around_stream is not None:
+                self.around_stream[0](proc.pid)
             cpu0 = procstat.cpu_seconds(proc.pid)
             others0 = self._others_cpu(kind)
             t0 = time.time()
@@ -334,6 +341,8 @@ class Bench:
             result.others_cpu = _minus(self._others_cpu(kind), others0)
             result.peak_rss_mb = procstat.peak_rss_mb(proc.pid)
             result.seconds = max(1e-6, t1 - t0) if t1 else None
+            if self.around_stream is not None:
+                await self.around_stream[1](proc.pid)
         except Exception as exc:
             result.note = f"failed: {type(exc).__name__}: {exc}"[:200]
         finally:
