@@ -8,6 +8,7 @@ encoded once. Publishing itself is the publisher's job; this module does no I/O.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import time
 from collections.abc import Callable, Mapping
@@ -26,6 +27,7 @@ __all__ = [
     "DELIVERY_MODE_PERSISTENT",
     "dotted_channel",
     "message_id_for",
+    "orjson_body_encoder",
 ]
 
 CONTENT_TYPE: Final = "application/json"
@@ -112,23 +114,62 @@ def message_id_for(
     return f"{endpoint}:{channel}:h{digest}"
 
 
+def _stdlib_body(data: Any) -> bytes:
+    return _encode(data).encode()
+
+
+def orjson_body_encoder() -> Callable[[Any], bytes] | None:
+    """orjson's body encoder when orjson is installed, else ``None``.
+
+    Measured in bench/RESULTS.md: with the client decoding by ``orjson.loads`` too, the bridge
+    spends ~12 % less CPU per message. Use the two together: orjson rejects NaN/Infinity on
+    input, so none reaches this encoder (which would write them as ``null``). Values orjson
+    cannot encode (integers beyond 64 bits) fall back to the stdlib. The content-hash message id
+    always uses the stdlib's canonical form, so ids do not depend on orjson being installed.
+    """
+    try:  # imported by name: orjson is optional, and mypy must not need it either
+        orjson = importlib.import_module("orjson")
+    except ImportError:
+        return None
+    dumps: Callable[[Any], bytes] = orjson.dumps
+
+    def encode(data: Any) -> bytes:
+        try:
+            return dumps(data)
+        except TypeError:  # orjson.JSONEncodeError: e.g. an integer beyond 64 bits
+            return _stdlib_body(data)
+
+    return encode
+
+
 class Router:
     """Routes one endpoint's CometD data messages to its exchange."""
 
-    __slots__ = ("_cache", "_template", "endpoint", "exchange")
+    __slots__ = ("_body", "_cache", "_template", "endpoint", "exchange")
 
-    def __init__(self, endpoint: str, exchange: str, routing_key: str = "{channel}") -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        exchange: str,
+        routing_key: str = "{channel}",
+        *,
+        body_encoder: Callable[[Any], bytes] | None = None,
+    ) -> None:
         """``routing_key`` is a template with ``{endpoint}``, ``{channel}``, ``{channel_path}``
-        (validated by the settings)."""
+        (validated by the settings); ``body_encoder`` (default: the stdlib's compact JSON)
+        turns ``data`` into the message body, e.g. :func:`orjson_body_encoder`."""
         self.endpoint = endpoint
         self.exchange = exchange
         self._template = routing_key
         self._cache: dict[str, str] = {}
+        self._body = body_encoder or _stdlib_body
 
     @classmethod
-    def from_settings(cls, name: str, endpoint: Endpoint) -> Router:
+    def from_settings(
+        cls, name: str, endpoint: Endpoint, *, body_encoder: Callable[[Any], bytes] | None = None
+    ) -> Router:
         """The router for the configured endpoint ``name``."""
-        return cls(name, endpoint.exchange, endpoint.routing_key)
+        return cls(name, endpoint.exchange, endpoint.routing_key, body_encoder=body_encoder)
 
     def routing_key(self, channel: str) -> str:
         """The routing key for ``channel`` (cached)."""
@@ -150,7 +191,7 @@ class Router:
             raise RoutingError("not a CometD data message (needs channel and data)")
         data = message["data"]
         try:
-            body = _encode(data).encode()
+            body = self._body(data)
         except (TypeError, ValueError, RecursionError) as exc:
             raise RoutingError(f"data is not JSON-serialisable: {exc}") from None
         replay_id = _replay_id(data)
