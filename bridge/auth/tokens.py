@@ -21,8 +21,6 @@ from urllib.parse import quote_plus
 import aiohttp
 from pydantic import SecretStr
 
-from bridge.auth.jwt import build_assertion, load_private_key
-
 
 __all__ = [
     "Token",
@@ -347,6 +345,9 @@ class SalesforceJwt:
             else private_key_pem
         )
         # Parsed once at start so a bad key is a configuration error, not a runtime one.
+        # Imported here: cryptography costs ~7 MB of RSS, and only this grant needs it.
+        from bridge.auth.jwt import load_private_key
+
         self._key = load_private_key(pem)
         self.token_lifetime = token_lifetime
         self.timeout = timeout
@@ -373,6 +374,8 @@ class SalesforceJwt:
             "aud": self.login_url,
             "exp": int(now) + self.ASSERTION_LIFETIME,
         }
+        from bridge.auth.jwt import build_assertion
+
         return build_assertion(claims, self._key)
 
     async def fetch(self, session: aiohttp.ClientSession) -> Token:
