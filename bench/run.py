@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -174,6 +175,11 @@ class Bench:
             await self._amqp.close()
         for server in self.servers.values():
             await server.stop()
+        # Logs of the measured programs are kept only when something went wrong.
+        if any(r.note for r in self.results):
+            print(f"logs of the measured programs: {self.tmp}", flush=True)
+        else:
+            await asyncio.to_thread(shutil.rmtree, self.tmp, True)
 
     def _others_cpu(self, kind: str) -> dict[str, float]:
         """CPU seconds so far of the broker, the CometD server in use and this process."""
