@@ -140,6 +140,8 @@ class Bench:
         self._runs = 0
         self._amqp: aio_pika.abc.AbstractConnection | None = None
         self.bridge_argv = [sys.executable, "-m", "bridge", "run"]
+        #: Extra endpoint settings for the bridge (e.g. ``max_inflight`` in a window sweep).
+        self.endpoint_settings: dict[str, Any] = {}
         self.broker_pid = procstat.find_pid("beam.smp")  # a local broker: its CPU is reported
         #: Called with the measured pid just before the stream starts and once it is consumed
         #: (bench/profile_bridge.py switches its profiler on and off with them).
@@ -233,6 +235,7 @@ class Bench:
             "channels": channels,
             "connection_types": [TRANSPORT[kind]],
             "exchange": self.exchange,
+            **self.endpoint_settings,
         }
 
     async def _process(self, argv: list[str], cwd: Path, name: str) -> Measured:
