@@ -99,8 +99,12 @@ class RawConsumer:
 
     async def wait_complete(self, within: float) -> bool:
         """Wait (bounded) until every expected message arrived; False on timeout."""
+        return await self.wait_for(lambda c: c.complete, within)
+
+    async def wait_for(self, predicate: Callable[[SeqCounter], bool], within: float) -> bool:
+        """Wait (bounded) until ``predicate(counter)`` holds; False on timeout."""
         deadline = time.monotonic() + within
-        while not self.counter.complete:
+        while not predicate(self.counter):
             if self.error is not None:
                 raise ConsumerError(f"consumer stopped: {self.error}") from self.error
             remaining = deadline - time.monotonic()
@@ -111,7 +115,7 @@ class RawConsumer:
                 async with asyncio.timeout(remaining):
                     await self._changed.wait()
             except TimeoutError:
-                return self.counter.complete
+                return predicate(self.counter)
         return True
 
     async def _read_loop(self) -> None:

@@ -50,11 +50,13 @@ async def test_counts_every_message_across_keys_sizes_and_frame_splits(
             body = f'{{"seq":{seq},"ts":1,"pad":"{"y" * 300_000}"}}'.encode()
             await ex.publish(aio_pika.Message(body), "k.b")
         assert await consumer.wait_complete(within=20)
-        # The duplicate was published after seq 3 and confirmed: it is on its way or counted.
+        assert await consumer.wait_for(lambda c: c.received == 54, within=20)
         report = consumer.counter.report()
         assert report.missing == 0
         assert report.unexpected == 0
         assert report.distinct == 53
+        assert report.duplicates == 1
+        assert report.out_of_order == 0
     finally:
         await consumer.close()
 
