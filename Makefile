@@ -47,9 +47,15 @@ test: venv node-deps rabbitmq lint typecheck lint-deploy pytest
 demo: venv rabbitmq
 	$(BIN)/cometd-bridge demo
 
+## bench-node-deps: the Node reference bridge (cometd, cometd-nodejs-client, amqplib)
+BENCH_NODE_STAMP := bench/node_modules/.installed
+$(BENCH_NODE_STAMP): bench/package.json bench/package-lock.json
+	cd bench && npm ci --no-audit --no-fund --loglevel=error
+	touch $(BENCH_NODE_STAMP)
+
 ## bench: throughput, latency and memory against a naive baseline and the source/sink ceilings
-bench: venv node-deps rabbitmq
+bench: venv node-deps rabbitmq $(BENCH_NODE_STAMP)
 	$(BIN)/python bench/run.py
 
 clean:
-	rm -rf $(VENV) .venv-deploy .cache tests/servers/node_modules .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-deploy .cache tests/servers/node_modules bench/node_modules .pytest_cache .mypy_cache .ruff_cache
