@@ -93,6 +93,8 @@ try:  # optional speed-up, see the Router comment in EndpointWorker.__init__
 except ImportError:
     _JSON_LOADS = json.loads
 
+_SESSION_LOST_REASONS = frozenset({"buffer_full", "unknown_session", "auth", "max_interval"})
+
 # A quota/limit refusal (e.g. Salesforce's concurrent user limit) restarts after this long.
 _QUOTA_BACKOFF_MIN = 60.0
 _QUOTA_BACKOFF_MAX = 180.0
@@ -749,7 +751,10 @@ class EndpointWorker:
 
     def _note_lost_session(self, reason: str) -> None:
         """A server without replay forgets what it queued for a session it dropped."""
-        if self.replay_active or reason not in ("buffer_full", "unknown_session"):
+        # Each of these means the server no longer holds our session: "auth" (a Salesforce-like
+        # server removes the session of an expired token) and "max_interval" (unconnected for
+        # longer than the server keeps a session) included.
+        if self.replay_active or reason not in _SESSION_LOST_REASONS:
             return
         gap_reason = "session_expired" if reason == "buffer_full" else "session_lost"
         self._metrics.possible_gap(gap_reason)

@@ -21,7 +21,7 @@ from bridge.demo import DemoSource
 from bridge.settings import load_settings
 from bridge.supervisor import Supervisor
 from tests.e2e.harness import QueueCollector
-from tests.fakes.fake_bayeux import FakeBayeux, handshake_denied
+from tests.fakes.fake_bayeux import FakeBayeux, fail_reply, handshake_denied
 from tests.integration.auth.token_server import TokenServer
 
 
@@ -120,3 +120,35 @@ async def test_a_quota_refusal_backs_off_for_minutes_and_is_counted(
         status = sup.status()["endpoints"]["sf"]
         assert "limit" in (status["last_error"] or "")
         assert registry.get_sample_value(sample, labels) == 1
+
+
+async def test_a_session_lost_to_an_expired_token_is_counted_as_a_possible_gap(
+    amqp_url: str, fake_bayeux: FakeBayeux, exchange_name: str, tmp_path: Path
+) -> None:
+    # Salesforce semantics: an expired token ends the session ("401::Authentication invalid",
+    # reconnect none). The bridge re-authenticates and re-handshakes; on a server without
+    # replay, whatever it had queued for the old session may be gone: counted, not hidden.
+    endpoint = {
+        "url": fake_bayeux.url,
+        "channels": ["/event/Order__e"],
+        "connection_types": "long-polling",
+        "exchange": exchange_name,
+        "auth": {"kind": "bearer", "token": "t0k3n"},
+    }
+    async with running_supervisor(amqp_url, tmp_path, {"sf": endpoint}) as sup:
+        await eventually(lambda: sup.workers.get("sf") is not None, 10)
+        worker = sup.workers["sf"]
+        await eventually(lambda: worker.up, 15)
+        handshakes = fake_bayeux.count("/meta/handshake")
+        fake_bayeux.on(
+            "/meta/connect", fail_reply("401::Authentication invalid", reconnect="none"), times=1
+        )
+        registry = sup.metrics.registry
+        sample = "cometd_bridge_possible_gaps_total"
+        labels = {"endpoint": "sf", "reason": "session_lost"}
+        await eventually(lambda: (registry.get_sample_value(sample, labels) or 0) >= 1, 15)
+        await eventually(lambda: fake_bayeux.count("/meta/handshake") > handshakes, 15)
+        reconnects = registry.get_sample_value(
+            "cometd_bridge_reconnects_total", {"endpoint": "sf", "reason": "auth"}
+        )
+        assert reconnects == 1
