@@ -70,6 +70,9 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_MESSAGE_SIZE = 4 * 1024 * 1024
 DEFAULT_MAX_RESPONSE_SIZE = 32 * 1024 * 1024
 _CLOSED_BY_SERVER = "Connection closed by the server"
+# Floor of the keep-alive pace while paused: the server answers at once while it holds
+# unacknowledged messages, so a zero pace would be a hot loop.
+_MIN_KEEPALIVE = 0.1
 
 
 class ClientState(StrEnum):
@@ -118,7 +121,11 @@ class Client:
     the buffer may exceed its bounds by the size of one response (on
     WebSocket, also by events the server pushes outside ``/meta/connect`` replies). A session
     that expired while paused is re-handshaken (reason ``buffer_full``) and resubscribed.
-    ``max_pending_count <= 0`` means unbounded.
+    ``max_pending_count <= 0`` means unbounded. With an extension that can shed
+    (:meth:`Extension.can_shed`, e.g. the ack extension on a server that acknowledges), the
+    paused client instead keeps the session alive: a ``/meta/connect`` every
+    ``min(timeout / 2, maxInterval / 3)`` of the server's advice, whose new messages the
+    extension removes (the server keeps them and sends them again after the pause).
 
     Network failures are repaired transparently (reconnect, re-handshake, resubscribe). If
     the connection cannot be restored for ``connection_timeout`` seconds, :meth:`receive`
@@ -433,7 +440,7 @@ class Client:
                     continue
                 resume = await self._wait_for_room()
                 if resume is not None:
-                    decision, error = resume, None
+                    decision, error = resume
                     continue
                 decision, error = await self._connect_step()
         except asyncio.CancelledError:
@@ -537,8 +544,12 @@ class Client:
             backoff=self._backoff,
         )
 
-    async def _wait_for_room(self) -> Decision | None:
-        """Back-pressure: hold the next /meta/connect while the buffer is full."""
+    async def _wait_for_room(self) -> tuple[Decision, str | None] | None:
+        """Back-pressure: hold the next /meta/connect while the buffer is full.
+
+        With a shedding extension, keep-alive connects go on meanwhile; one that fails ends
+        the pause with its decision (the client reconnects, then pauses again if still full).
+        """
         if not self._full():
             return None
         self._fetch_paused = True
@@ -547,14 +558,49 @@ class Client:
         self._emit(FetchPaused(len(self._buffer)))
         while self._full():
             self._room.clear()
-            await self._room.wait()
+            shedder = next((e for e in self.extensions if e.can_shed()), None)
+            if shedder is None:
+                await self._room.wait()
+                continue
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._keepalive_pace()):
+                    await self._room.wait()
+            if self._full():
+                failed = await self._keep_alive(shedder)
+                if failed is not None:
+                    self._fetch_paused = False
+                    self._emit(FetchResumed(len(self._buffer)))
+                    return failed
         self._fetch_paused = False
         self._state = ClientState.CONNECTED
         self._emit(FetchResumed(len(self._buffer)))
         if self._now() - self._last_connected > self._advice.session_expiry:
             self._mark_unconnected()
-            return Decision(Action.HANDSHAKE, 0.0, "buffer_full")
+            return Decision(Action.HANDSHAKE, 0.0, "buffer_full"), None
         return None
+
+    async def _keep_alive(self, shedder: Extension) -> tuple[Decision, str | None] | None:
+        """One /meta/connect while paused; the shedder removes the reply's new messages."""
+        shedder.set_shedding(True)
+        try:
+            decision, error = await self._connect_step()
+        finally:
+            shedder.set_shedding(False)
+        if decision.action is not Action.CONNECT or decision.reason is not None:
+            return decision, error
+        # Still paused: a session lost from now on is lost to the full buffer.
+        self._paused_since_connect = True
+        self._state = ClientState.PAUSED
+        return None
+
+    def _keepalive_pace(self) -> float:
+        # Well inside the server's maxInterval (counted from each reply); the held timeout
+        # bounds it too, for servers that do not advertise maxInterval (our default is 10 s).
+        advice = self._advice
+        pace = advice.max_interval / 3
+        if advice.timeout > 0:
+            pace = min(pace, advice.timeout / 2)
+        return max(pace, _MIN_KEEPALIVE)
 
     # -- protocol steps ----------------------------------------------------------------------
 
@@ -779,7 +825,8 @@ class Client:
         self._unconnected_since = None
         self._paused_since_connect = False
         self._last_connected = self._now()
-        if self._state is not ClientState.CONNECTED:
+        # PAUSED: a keep-alive connect; the client stays paused (FetchResumed comes later).
+        if self._state not in (ClientState.CONNECTED, ClientState.PAUSED):
             self._state = ClientState.CONNECTED
             self._emit(Connected())
 

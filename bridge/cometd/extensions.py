@@ -31,6 +31,24 @@ class Extension(ABC):
     async def incoming(self, payload: Payload, headers: Mapping[str, str] | None = None) -> None:
         """Process a received payload, in place, before the client looks at it."""
 
+    # Optional capability: keep the session alive while the client's buffer is full.
+
+    def can_shed(self) -> bool:
+        """Whether, right now, this extension can keep the session alive while the client's
+        buffer is full (default: no).
+
+        True promises that while :meth:`set_shedding` is on, :meth:`incoming` removes from each
+        payload the data messages the client never received, and only those the server is
+        sure to send again (e.g. unacknowledged ones). The client then keeps sending
+        ``/meta/connect`` at a pace inside the server's maxInterval instead of stopping, so the
+        session, and everything the server keeps for it, survives a long stall.
+        """
+        return False
+
+    def set_shedding(self, on: bool) -> None:  # noqa: B027 (optional hook, a no-op by default)
+        """Called by the client around each keep-alive ``/meta/connect`` (on, then off) when
+        :meth:`can_shed` said yes."""
+
 
 class AuthExtension(Extension):
     """An extension that can renew its credentials."""

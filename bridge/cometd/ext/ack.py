@@ -19,6 +19,13 @@ How a message is tied to its batch: :meth:`AckExtension.incoming` adds the key
 :data:`ACK_TAG` to each data message dict, with an :class:`AckTag` (session generation, batch).
 The key is only read back by :meth:`confirm`; it is not part of the message's ``data``. Tags of
 an earlier session are ignored (a new session starts with an empty server queue).
+
+Holding the ack while the client's buffer is full (:meth:`AckExtension.can_shed`): the client
+keeps polling to keep the session alive, and each of those replies' new messages (never
+received before) is removed and counted in :attr:`AckExtension.messages_shed`. That loses
+nothing: such a reply's batch is never recorded, so no ack can cover it (every later reply
+re-sends all the server still holds, shed messages included), and the server sends the
+messages again on the first poll after shedding stops.
 """
 
 from __future__ import annotations
@@ -63,12 +70,15 @@ class AckExtension(Extension):
 
     :attr:`supported` is None until a handshake reply, then whether the server acknowledges.
     :attr:`acked` is what the next ``/meta/connect`` sends. :attr:`duplicates_dropped` counts
-    server re-sends removed from payloads.
+    server re-sends removed from payloads; :attr:`messages_shed` counts new messages left with
+    the server while shedding (sent again later, not lost).
     """
 
     def __init__(self) -> None:
         self.supported: bool | None = None
         self.duplicates_dropped = 0
+        self.messages_shed = 0
+        self._shedding = False
         self._generation = 0
         self._acked = 0
         self._batches: deque[_Batch] = deque()
@@ -102,6 +112,13 @@ class AckExtension(Extension):
             done = batches.popleft()
             del self._by_number[done.number]
             self._acked = max(self._acked, done.number)
+
+    def can_shed(self) -> bool:
+        """Only when the server acknowledges: then it keeps what we do not acknowledge."""
+        return self.supported is True
+
+    def set_shedding(self, on: bool) -> None:
+        self._shedding = on
 
     # -- wire --------------------------------------------------------------------------------
 
@@ -148,19 +165,15 @@ class AckExtension(Extension):
         self._unacked.clear()
 
     def _receive_batch(self, payload: Payload, number: int) -> None:
-        record = self._by_number.get(number)
-        if record is None and number > self._acked:
-            record = _Batch(number)
-            self._batches.append(record)
-            self._by_number[number] = record
         # What the server re-sends comes first, in the order we received it before.
         expected = iter(list(self._unacked))
         matching = True
         keep: list[dict[str, Any]] = []
-        tag = AckTag(self._generation, number)
+        new: list[tuple[dict[str, Any], int]] = []
+        shed = 0
         for message in payload:
             if not is_event(message):
-                keep.append(message)
+                keep.append(message)  # meta replies are never shed
                 continue
             fingerprint = _fingerprint(message)
             if matching:
@@ -169,12 +182,28 @@ class AckExtension(Extension):
                     self.duplicates_dropped += 1
                     continue
                 matching = False
+            if self._shedding:
+                shed += 1
+                continue
+            new.append((message, fingerprint))
+            keep.append(message)
+        payload[:] = keep
+        if shed:
+            # Left unrecorded, this batch can never be acknowledged: the server keeps its
+            # messages (and every later batch's) and re-sends them in each reply.
+            self.messages_shed += shed
+            return
+        record = self._by_number.get(number)
+        if record is None and number > self._acked:
+            record = _Batch(number)
+            self._batches.append(record)
+            self._by_number[number] = record
+        tag = AckTag(self._generation, number)
+        for message, fingerprint in new:
             message[ACK_TAG] = tag
             if record is not None:
                 record.outstanding += 1
                 self._unacked.append((number, fingerprint))
-            keep.append(message)
-        payload[:] = keep
         if record is not None and record.outstanding == 0 and self._batches[0] is record:
             # An empty batch at the front is done at once.
             self._batches.popleft()
