@@ -20,8 +20,9 @@ acknowledges only broker-confirmed batches. Back-pressure, by server kind:
 - replay: a buffer full for longer than ``_PAUSE_GRACE`` ends the session on purpose
   (reconnect reason ``buffer_full``); once the publisher is idle a new session replays from the
   stored position, so the server, not the bridge, holds the backlog;
-- ack: the client stops fetching and the ack stays held, so the server keeps the unconfirmed
-  messages for as long as it keeps the session;
+- ack: the ack stays held, so the server keeps the unconfirmed messages, and the client keeps
+  the session alive meanwhile (paced ``/meta/connect``; the new messages of those replies are
+  left with the server, which re-sends them once there is room: ``ack_shed`` in the status);
 - neither: the client stops fetching; a session that expired meanwhile may have taken messages
   with it, which is counted (``possible_gaps_total{reason="session_expired"}``) and logged.
 
@@ -286,6 +287,9 @@ class EndpointWorker:
             "gaps": s.gaps,
             "last_gap": s.last_gap,
         }
+        if self._ack is not None:
+            # Left with the server while the buffer was full (re-sent later, not lost).
+            result["ack_shed"] = self._ack.messages_shed
         if self._keeper is not None:
             ages = self._keeper.ages(now)
             result["positions"] = {
