@@ -31,13 +31,25 @@ RATE = 100  # events per second: the stream goes on during the stall
 MAX_PENDING = 20
 
 
+class CountingAck(AckExtension):
+    """The real extension; also counts the /meta/connect requests it stamps."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.connects = 0
+
+    async def outgoing(self, payload: Any, headers: Any) -> None:
+        self.connects += sum(m.get("channel") == "/meta/connect" for m in payload)
+        await super().outgoing(payload, headers)
+
+
 async def test_full_buffer_keeps_the_ack_session_alive(
     salesforce_factory: SalesforceFactory,
 ) -> None:
     # The server does not advertise maxInterval; its held timeout (1 s) sets the client's
     # keep-alive pace (0.5 s), well inside the 1.5 s budget.
     server = salesforce_factory(ack=1, replay=0, timeout=1000, max_interval=MAX_INTERVAL_MS)
-    ack = AckExtension()
+    ack = CountingAck()
     recorder = Recorder()
     client = Client(
         server.url,
@@ -53,11 +65,16 @@ async def test_full_buffer_keeps_the_ack_session_alive(
         session = client.client_id
         await server.publish(CHANNEL, COUNT, rate=RATE, wait=False)
         await recorder.wait_for(events.FetchPaused)
+        connects = ack.connects
 
         # The fault: nothing is taken from the client for three reconnect budgets. Its length
         # is the point of the test (not a synchronisation), the stream goes on meanwhile.
         await asyncio.sleep(3 * MAX_INTERVAL_MS / 1000)
 
+        keepalives = ack.connects - connects
+        # The server answers at once while it holds unacknowledged messages: a client that
+        # did not pace its keep-alives would have sent thousands by now (paced: about 9).
+        assert 1 <= keepalives < 30
         stats = await server.stats()
         assert stats["session_ids"] == [session], "the server kept the session"
         assert ack.messages_shed > 0, "new messages were left with the server"
@@ -77,4 +94,7 @@ async def test_full_buffer_keeps_the_ack_session_alive(
     assert sum(isinstance(e, events.Handshaken) for e in recorder.events) == 1
     assert not [e for e in recorder.events if isinstance(e, events.Reconnecting)]
     assert any(isinstance(e, events.FetchResumed) for e in recorder.events)
-    print(f"left with the server while full: {ack.messages_shed} (re-sent after the pause)")
+    print(
+        f"keep-alive connects while stalled: {keepalives}; left with the server: "
+        f"{ack.messages_shed} (re-sent after the pause)"
+    )
