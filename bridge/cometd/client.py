@@ -298,7 +298,8 @@ class Client:
         if polite and not disconnected:
             await self._disconnect()
         if self._buffer:
-            log.warning("closing CometD client with %d pending messages", len(self._buffer))
+            # Not lost: a closed client still returns its buffer from receive().
+            log.info("CometD client closed with %d messages still buffered", len(self._buffer))
         await self._teardown()
 
     async def _disconnect(self) -> None:
