@@ -44,6 +44,9 @@ class AmqpPublisher:
         self._on_state = on_state
         self._connection: aio_pika.abc.AbstractRobustConnection | None = None
         self._endpoints: dict[str, EndpointPublisher] = {}
+        # Every exchange declared, with its arguments: declared again if the broker reports one
+        # missing (deleted while we run), so publishing resumes instead of failing forever.
+        self._declared: dict[str, tuple[str, str | None, bool]] = {}
 
     async def start(self) -> None:
         """Connect; raises the connection error if the broker is unreachable at start."""
@@ -79,6 +82,7 @@ class AmqpPublisher:
         Done on a short-lived channel: a failed declare closes its channel, which must not
         be a publishing one.
         """
+        self._declared[name] = (type, alternate_exchange, auto_delete)
         arguments: FieldTable | None = (
             {"alternate-exchange": alternate_exchange} if alternate_exchange else None
         )
@@ -113,10 +117,18 @@ class AmqpPublisher:
             alternate_exchange=alternate_exchange,
             max_inflight=max_inflight,
             publish_timeout=self._publish_timeout,
+            redeclare=self.redeclare,
         )
         await publisher.start()
         self._endpoints[endpoint] = publisher
         return publisher
+
+    async def redeclare(self) -> None:
+        """Declare every exchange declared so far again (idempotent with the same arguments)."""
+        for name, (type_, alternate, auto_delete) in list(self._declared.items()):
+            await self.declare_exchange(
+                name, type_, alternate_exchange=alternate, auto_delete=auto_delete
+            )
 
     async def close_endpoint(self, endpoint: str, deadline: float = 10.0) -> int:
         """Close one endpoint's publisher; return how many messages were left unconfirmed."""

@@ -24,13 +24,14 @@ import contextlib
 import enum
 import logging
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from typing import Any, Final, Protocol, TypeVar, cast
 
 import aio_pika.abc
 import aiormq
 from aiormq.abc import ChannelFrame
+from aiormq.exceptions import ChannelNotFoundEntity
 from pamqp import commands as spec
 from pamqp.header import ContentHeader
 
@@ -51,6 +52,10 @@ log = logging.getLogger(__name__)
 # broker that refuses (e.g. a full queue with reject-publish) is not hammered.
 _NACK_BACKOFF_FIRST: Final = 0.05
 _NACK_BACKOFF_MAX: Final = 2.0
+# After losing the channel N times without a confirm in between, wait FIRST * 2**(N-1) (capped)
+# before publishing again.
+_LOSS_BACKOFF_FIRST: Final = 0.05
+_LOSS_BACKOFF_MAX: Final = 5.0
 # How long to wait between checks while aio-pika has not yet swapped in the reopened channel.
 _REATTACH_POLL: Final = 0.05
 # Longest wait for a polite channel/connection close at shutdown.
@@ -145,6 +150,7 @@ class EndpointPublisher:
         alternate_exchange: str | None = None,
         max_inflight: int = 512,
         publish_timeout: float = 10.0,
+        redeclare: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         if max_inflight < 1:
             raise ValueError("max_inflight must be positive")
@@ -173,6 +179,12 @@ class EndpointPublisher:
         # A channel given up on after a confirm timeout: never attach to it again, even while
         # aio-pika still reports it open (its late confirms would carry stale delivery tags).
         self._retired: aiormq.Channel | None = None
+        # Channel losses since the last confirm: each re-attach waits longer, so a broker that
+        # closes the channel on every publish (an exchange deleted under us) is no hot loop.
+        self._losses = 0
+        # The broker closed the channel with 404 NOT_FOUND: the topology must be declared again.
+        self._redeclare = redeclare
+        self._missing_entity = False
         self._closing = False
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -271,13 +283,31 @@ class EndpointPublisher:
         ch.closing.add_done_callback(partial(self._on_channel_closed, ch))
         return ch
 
-    def _on_channel_closed(self, ch: aiormq.Channel, _fut: asyncio.Future[Any]) -> None:
-        if ch is self._ch:
-            self._detach("connection")
+    def _on_channel_closed(self, ch: aiormq.Channel, fut: asyncio.Future[Any]) -> None:
+        if ch is not self._ch:
+            return
+        if not fut.cancelled() and isinstance(fut.exception(), ChannelNotFoundEntity):
+            self._missing_entity = True
+        self._detach("connection")
+
+    async def _recover(self) -> None:
+        """Before re-attaching after a loss: back off, and declare the topology again if the
+        broker said an exchange is missing (someone deleted it; we declared it at start)."""
+        if self._losses:
+            delay = min(_LOSS_BACKOFF_MAX, _LOSS_BACKOFF_FIRST * 2 ** (self._losses - 1))
+            await asyncio.sleep(delay)  # back-off, not synchronisation
+        if self._missing_entity and self._redeclare is not None:
+            self._missing_entity = False
+            log.warning("publisher %s: an exchange is missing; declaring it again", self.endpoint)
+            try:
+                await self._redeclare()
+            except Exception as exc:  # the next loss retries, after a longer back-off
+                log.error("publisher %s: declaring the topology failed: %s", self.endpoint, exc)
 
     def _detach(self, reason: str) -> None:
         """Every unconfirmed message of the lost channel goes back to the front of the queue."""
         self._ch = None
+        self._losses += 1
         lost = [e for e in self._window if not e.settled]
         self._window.clear()
         self._by_id.clear()
@@ -308,6 +338,7 @@ class EndpointPublisher:
                 continue
             ch = self._ch
             if ch is None or ch.is_closed:
+                await self._recover()
                 ch = await self._attach()
             room = self._max_inflight - len(self._window)
             if room <= 0:
@@ -368,6 +399,7 @@ class EndpointPublisher:
         if ch is not self._ch:
             return
         nack = isinstance(frame, spec.Basic.Nack)
+        self._losses = 0  # the channel works: the next loss starts the back-off over
         tag = frame.delivery_tag
         window = self._window
         index = tag - self._first_tag

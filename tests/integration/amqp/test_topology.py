@@ -1,0 +1,73 @@
+"""An exchange deleted under the publisher: no hot loop, the exchange is declared again."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aio_pika
+import aio_pika.abc
+import pytest
+
+from bridge.amqp import AmqpPublisher, PublishResult
+from tests.fixtures.rabbitmq import unique_name
+from tests.integration.amqp.helpers import RecordingHooks, Results, message
+
+
+pytestmark = pytest.mark.integration
+
+
+async def test_deleted_exchange_is_redeclared_without_a_hot_loop(
+    amqp_url: str, amqp_connection: aio_pika.abc.AbstractRobustConnection
+) -> None:
+    publisher = AmqpPublisher(amqp_url, connection_name=unique_name("bridge-topology"))
+    await publisher.start()
+    exchange = unique_name("ex")
+    try:
+        await publisher.declare_exchange(exchange, "topic", auto_delete=False)
+        admin = await amqp_connection.channel()
+        queue = await admin.declare_queue(unique_name("q"), auto_delete=True)
+        await queue.bind(exchange, "#")
+        hooks = RecordingHooks()
+        ep = await publisher.channel_for("ep", hooks=hooks)
+        results = Results()
+        for i in range(100):
+            ep.submit(message(exchange, i), results)
+        await results.wait_for(100, within=30)
+
+        await admin.exchange_delete(exchange)
+        # Every publish now closes the channel with 404 NOT_FOUND until the exchange is back.
+        for i in range(100, 200):
+            ep.submit(message(exchange, i), results)
+        await results.wait_for(200, within=30)
+
+        # Deleting the exchange removed its binding, so on the re-declared exchange the later
+        # messages are returned (counted, logged), never lost; and the channel was lost a few
+        # times, not thousands.
+        assert all(r is PublishResult.CONFIRMED for _, r in _first(results, 100))
+        later = {results.by_id[message(exchange, i).message_id] for i in range(100, 200)}
+        assert later == {PublishResult.RETURNED}
+        assert 1 <= hooks.failures["connection"] <= 5 * 100, hooks.failures
+        await admin.declare_exchange(exchange, "topic", durable=True, passive=True)
+    finally:
+        with_channel = await amqp_connection.channel()
+        await with_channel.exchange_delete(exchange)
+        await publisher.close(5)
+
+
+def _first(results: Results, n: int) -> list[tuple[int, PublishResult]]:
+    return [(i, results.by_id[f"ep:/event/Order__e:r{i}"]) for i in range(n)]
+
+
+async def test_publisher_backs_off_after_repeated_channel_losses(amqp_url: str) -> None:
+    # The exchange never existed and nothing declares it: the channel is lost on every
+    # attempt. The back-off keeps the attempts to a handful per second.
+    publisher = AmqpPublisher(amqp_url, connection_name=unique_name("bridge-topology"))
+    await publisher.start()
+    try:
+        hooks = RecordingHooks()
+        ep = await publisher.channel_for("ep", hooks=hooks)
+        ep.submit(message(unique_name("missing"), 1), Results())
+        await asyncio.sleep(3.0)  # the window in which a hot loop would show up
+        assert hooks.failures["connection"] <= 12, hooks.failures
+    finally:
+        await publisher.close(1)
