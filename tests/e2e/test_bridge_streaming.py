@@ -198,3 +198,21 @@ async def test_bad_configuration_stops_with_exit_2_naming_the_variable(
     assert code == 2, output
     assert variable in output.upper()
     assert "Traceback" not in output
+
+
+async def test_broker_down_at_start_keeps_the_process_up_and_unready(
+    cometd_server: NodeBayeuxServer, tmp_path: Path
+) -> None:
+    endpoint = {"url": cometd_server.url, "channels": [CHANNEL]}
+    env = bridge_env(
+        tmp_path, {"src": endpoint}, BRIDGE_AMQP_URL=f"amqp://guest:guest@127.0.0.1:{free_port()}/"
+    )
+    async with running_bridge(env, tmp_path, wait_ready=False) as bridge:
+        await bridge.wait_status(lambda s: s["amqp_connected"] is False, within=30)
+        assert (await bridge.get("/healthz"))[0] == 200
+        status, body = await bridge.get("/readyz")
+        assert status == 503
+        assert "AMQP" in body
+        bridge.signal(signal.SIGTERM)
+        assert await bridge.wait_exit(within=30) == 0
+    assert "AMQP connection failed" in bridge.log_path.read_text()
