@@ -6,7 +6,8 @@
 
 const http = require('http');
 const cometd = require('cometd-nodejs-server');
-const {parseOptions, AuthPolicy, AUTH_ERROR, Publisher, controlHandler, listen} = require('./control');
+const {parseOptions, AuthPolicy, AUTH_ERROR, Publisher, controlHandler, listen,
+    dropCometdSessions, cometdSubscriptions} = require('./control');
 
 const options = parseOptions(process.argv.slice(2), {
     host: '127.0.0.1',
@@ -72,21 +73,9 @@ const harness = {
     publisher: publisher,
     // Removes every session as an expiry would; a held /meta/connect is answered so the client
     // notices on its next connect (402::session_unknown).
-    dropSessions: () => {
-        const dropped = Array.from(sessions);
-        for (const session of dropped) {
-            server._removeServerSession(session, true);
-            session._flush();
-        }
-        return dropped.length;
-    },
+    dropSessions: () => dropCometdSessions(server, sessions),
     stats: () => {
-        const subscriptions = {};
-        for (const session of sessions) {
-            for (const channel of session.subscriptions) {
-                subscriptions[channel.name] = (subscriptions[channel.name] || 0) + 1;
-            }
-        }
+        const subscriptions = cometdSubscriptions(sessions);
         return {
             server: 'cometd-nodejs-server',
             sessions: sessions.size,

@@ -217,4 +217,29 @@ function listen(httpServer, options) {
     process.on('SIGINT', stop);
 }
 
-module.exports = {parseOptions, AuthPolicy, AUTH_ERROR, Publisher, controlHandler, listen};
+// cometd-nodejs-server: remove every session as an expiry would. A held /meta/connect is
+// answered (flushed), so the client notices at its next message (unknown session).
+function dropCometdSessions(server, sessions) {
+    const dropped = Array.from(sessions);
+    for (const session of dropped) {
+        server._removeServerSession(session, true);
+        session._flush();
+    }
+    return dropped.length;
+}
+
+// cometd-nodejs-server: subscriber count per channel over the live sessions.
+function cometdSubscriptions(sessions) {
+    const subscriptions = {};
+    for (const session of sessions) {
+        for (const channel of session.subscriptions) {
+            subscriptions[channel.name] = (subscriptions[channel.name] || 0) + 1;
+        }
+    }
+    return subscriptions;
+}
+
+module.exports = {
+    parseOptions, AuthPolicy, AUTH_ERROR, Publisher, controlHandler, listen,
+    dropCometdSessions, cometdSubscriptions,
+};

@@ -24,7 +24,8 @@ const fs = require('fs');
 const http = require('http');
 const cometd = require('cometd-nodejs-server');
 const {AcknowledgedMessagesExtension} = require('cometd-nodejs-server/ack-extension');
-const {parseOptions, AuthPolicy, Publisher, controlHandler, listen} = require('./control');
+const {parseOptions, AuthPolicy, Publisher, controlHandler, listen,
+    dropCometdSessions, cometdSubscriptions} = require('./control');
 
 const options = parseOptions(process.argv.slice(2), {
     host: '127.0.0.1',
@@ -222,21 +223,9 @@ const harness = {
     publisher: publisher,
     // As a server-side expiry: the session is forgotten; a held /meta/connect is answered, and
     // the client's next message gets "403::Unknown client".
-    dropSessions: () => {
-        const dropped = Array.from(sessions);
-        for (const session of dropped) {
-            server._removeServerSession(session, true);
-            session._flush();
-        }
-        return dropped.length;
-    },
+    dropSessions: () => dropCometdSessions(server, sessions),
     stats: () => {
-        const subscriptions = {};
-        for (const session of sessions) {
-            for (const channel of session.subscriptions) {
-                subscriptions[channel.name] = (subscriptions[channel.name] || 0) + 1;
-            }
-        }
+        const subscriptions = cometdSubscriptions(sessions);
         const retention = {};
         for (const [channel, b] of Object.entries(buffers)) {
             retention[channel] = {
