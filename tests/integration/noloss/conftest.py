@@ -22,9 +22,6 @@ from tests.fixtures import servers as _servers
 from tests.fixtures.servers import NodeBayeuxServer
 
 
-# Register the script with the shared fixture module (kind -> script, Bayeux path).
-_servers._SCRIPTS.setdefault("salesforce", ("salesforce_server.js", "/cometd"))
-
 SALESFORCE_DEFAULTS: dict[str, Any] = {
     "timeout": 2000,  # held /meta/connect, ms (Salesforce: 110 s)
     "interval": 0,
@@ -65,8 +62,7 @@ def salesforce_factory(tmp_path: Path) -> Iterator[SalesforceFactory]:
             "buffer_file": str(tmp_path / f"sf-buffer-{len(started)}.json"),
             **options,
         }
-        server = SalesforceServer(kind="salesforce", options=merged)  # type: ignore[arg-type]
-        server.connection_type = "long-polling"
+        server = SalesforceServer(kind="salesforce", options=merged, connection_type="long-polling")
         started.append(server)
         server.start_sync()
         return server
