@@ -502,14 +502,26 @@ def decide_handshake(
     if reply.get("successful") is True:
         return Decision(Action.CONNECT)
     kind = classify_failure(reply)
-    if kind is FailureKind.AUTH and has_auth:
-        return Decision(Action.HANDSHAKE, backoff.delay(attempt, rnd), "auth", authenticate=True)
-    if kind is FailureKind.QUOTA:
-        return Decision(Action.HANDSHAKE, backoff.quota_delay(attempt, rnd), "quota")
+    special = _auth_or_quota(kind, has_auth, attempt, rnd, backoff)
+    if special is not None:
+        return special
     if advice.reconnect is Reconnect.NONE:
         return Decision(Action.CLOSE, 0.0, _FAILURE_REASON[kind])
     delay = max(advice.interval, backoff.delay(attempt, rnd))
     return Decision(Action.HANDSHAKE, delay, _FAILURE_REASON[kind])
+
+
+def _auth_or_quota(
+    kind: FailureKind, has_auth: bool, attempt: int, rnd: Callable[[], float], backoff: Backoff
+) -> Decision | None:
+    """Auth and quota failures are decided by meaning, whatever the advice says (the same on
+    handshake and connect replies): a new token and a fresh handshake, or a long back-off."""
+    if kind is FailureKind.AUTH and has_auth:
+        # Salesforce sends 401 with reconnect:none; a new token and a fresh handshake fix it.
+        return Decision(Action.HANDSHAKE, backoff.delay(attempt, rnd), "auth", authenticate=True)
+    if kind is FailureKind.QUOTA:
+        return Decision(Action.HANDSHAKE, backoff.quota_delay(attempt, rnd), "quota")
+    return None
 
 
 def _decide_failure(
@@ -523,11 +535,9 @@ def _decide_failure(
     has_auth: bool,
     backoff: Backoff,
 ) -> Decision:
-    if kind is FailureKind.AUTH and has_auth:
-        # Salesforce sends 401 with reconnect:none; a new token and a fresh handshake fix it.
-        return Decision(Action.HANDSHAKE, backoff.delay(attempt, rnd), "auth", authenticate=True)
-    if kind is FailureKind.QUOTA:
-        return Decision(Action.HANDSHAKE, backoff.quota_delay(attempt, rnd), "quota")
+    special = _auth_or_quota(kind, has_auth, attempt, rnd, backoff)
+    if special is not None:
+        return special
     if advice.reconnect is Reconnect.NONE:
         return Decision(Action.CLOSE, 0.0, _FAILURE_REASON[kind])
     delay = advice.interval if attempt == 0 else max(advice.interval, backoff.delay(attempt, rnd))
