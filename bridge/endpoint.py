@@ -76,8 +76,14 @@ from bridge.cometd.ext import (
 from bridge.cometd.extensions import AuthExtension, Extension
 from bridge.metrics import EndpointMetrics
 from bridge.positions import PositionKeeper, PositionStoreError
-from bridge.routing import RoutedMessage, Router, RoutingError, orjson_body_encoder
+from bridge.routing import (
+    RoutedMessage,
+    Router,
+    orjson_body_encoder,
+    replay_id_of,
+)
 from bridge.settings import Endpoint
+from bridge.summary import summarize
 
 
 __all__ = ["EndpointWorker", "EndpointStatus", "GapSink", "PublisherMetricsHooks"]
@@ -602,10 +608,11 @@ class EndpointWorker:
         routed = 0
         repeats = 0
         for message in messages:
+            # Each message on its own: whatever one of them does, the rest of the batch goes on.
             try:
                 msg = route(message, now)
-            except RoutingError as exc:
-                self._skip(message, "unroutable_message", str(exc))
+            except Exception as exc:  # RoutingError, or input the router did not foresee
+                self._skip(message, "unroutable_message", exc)
                 continue
             try:
                 # The original message rides along to its confirm when the ack extension
@@ -613,8 +620,13 @@ class EndpointWorker:
                 submit(
                     msg, partial(self._on_settled_tracked, message) if tracked else self._on_settled
                 )
-            except (ValueError, TypeError) as exc:  # can never be encoded (e.g. key > 255 bytes)
-                self._skip(message, "unpublishable", str(exc))
+            except RecursionError as exc:
+                self._skip(message, "unpublishable", exc)
+                continue
+            except RuntimeError:  # the publisher is closed: the session ends, nothing skipped
+                raise
+            except Exception as exc:  # can never be encoded (e.g. routing key > 255 bytes)
+                self._skip(message, "unpublishable", exc)
                 continue
             routed += 1
             replay_id = msg.replay_id
@@ -632,25 +644,39 @@ class EndpointWorker:
         if repeats:
             self._metrics.duplicates_redelivered.inc(repeats)
 
-    def _skip(self, message: Any, reason: str, error: str) -> None:
-        # Not silently dropped: counted and logged with what identifies it; acknowledged so the
-        # ack never sticks behind a message that can never be published.
+    def _skip(self, message: Any, reason: str, error: BaseException) -> None:
+        # Not silently dropped: counted and logged with what identifies it (a bounded summary:
+        # the message may be nested past the recursion limit or megabytes long); acknowledged
+        # so the ack never sticks behind a message that can never be published.
         self._metrics.malformed(reason)
+        channel = message.get("channel") if isinstance(message, dict) else None
         self._log.error(
             "server message cannot be published; skipped",
             reason=reason,
-            error=error,
-            channel=message.get("channel") if isinstance(message, dict) else None,
-            message=repr(message)[:500],
+            error=summarize(f"{type(error).__name__}: {error}", limit=300)
+            if not isinstance(error, RecursionError)
+            else "RecursionError: nested too deeply",
+            channel=summarize(channel, limit=200) if channel is not None else None,
+            message=summarize(message),
         )
-        if self._ack is not None and isinstance(message, dict):
+        if not isinstance(message, dict):
+            return
+        if self._ack is not None:
             self._ack.confirm(message)
+        # A replay position moves over a skipped event once everything received before it is
+        # confirmed, so a poison event is not replayed first on every new session.
+        replay_id = replay_id_of(message.get("data"))
+        if self._keeper is not None and isinstance(channel, str) and isinstance(replay_id, int):
+            self._keeper.received(channel, replay_id)
+            self._keeper.confirmed(channel, replay_id)
 
     def _on_settled(self, msg: RoutedMessage, result: PublishResult) -> None:
         self._outstanding -= 1
         self.confirmed_total += 1
         if result is PublishResult.CONFIRMED or result is PublishResult.ALTERNATE:
             self._metrics.published.inc()
+        elif result is PublishResult.UNPUBLISHABLE:  # logged by the publisher
+            self._metrics.malformed("unpublishable")
         self._metrics.publish_latency.observe(time.time() - msg.timestamp)
         if self._outstanding < self.config.max_inflight:
             self._room.set()

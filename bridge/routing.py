@@ -26,8 +26,10 @@ __all__ = [
     "CONTENT_TYPE",
     "DELIVERY_MODE_PERSISTENT",
     "dotted_channel",
+    "fit_message_id",
     "message_id_for",
     "orjson_body_encoder",
+    "replay_id_of",
 ]
 
 CONTENT_TYPE: Final = "application/json"
@@ -35,6 +37,11 @@ DELIVERY_MODE_PERSISTENT: Final = 2
 
 # Wildcard subscriptions can bring many distinct channels; keep the cache bounded.
 _CACHE_LIMIT: Final = 4096
+# AMQP's message-id is a short string: at most 255 UTF-8 bytes. A longer id (a long channel
+# name or server ``id``) keeps its first bytes for operators and ends in ``~`` + the SHA-256 of
+# the whole id, so it still names the same event every time and never collides in practice.
+_MESSAGE_ID_MAX: Final = 255
+_MESSAGE_ID_HASH: Final = 64  # hex digits of SHA-256
 
 
 def _json_encoder(*, sort_keys: bool) -> Callable[[Any], str]:
@@ -91,8 +98,8 @@ def dotted_channel(channel: str) -> str:
     return channel[1:].replace("/", ".") if channel.startswith("/") else channel.replace("/", ".")
 
 
-def _replay_id(data: Any) -> int | str | None:
-    # Salesforce puts the replay id in data.event.replayId.
+def replay_id_of(data: Any) -> int | str | None:
+    """The replay id of a message's ``data`` (Salesforce: ``data.event.replayId``), or None."""
     if isinstance(data, dict):
         event = data.get("event")
         if isinstance(event, dict):
@@ -105,13 +112,25 @@ def _replay_id(data: Any) -> int | str | None:
 def message_id_for(
     endpoint: str, channel: str, data: Any, replay_id: int | str | None, cometd_id: Any
 ) -> str:
-    """Stable id for the same event: replay id, else CometD id, else a content hash."""
+    """Stable id for the same event: replay id, else CometD id, else a content hash; at most
+    255 UTF-8 bytes (a longer one is shortened by :func:`fit_message_id`)."""
     if replay_id is not None:
-        return f"{endpoint}:{channel}:r{replay_id}"
+        return fit_message_id(f"{endpoint}:{channel}:r{replay_id}")
     if cometd_id is not None:
-        return f"{endpoint}:{channel}:i{cometd_id}"
+        return fit_message_id(f"{endpoint}:{channel}:i{cometd_id}")
     digest = hashlib.sha256(_canonical(data).encode()).hexdigest()[:32]
-    return f"{endpoint}:{channel}:h{digest}"
+    return fit_message_id(f"{endpoint}:{channel}:h{digest}")
+
+
+def fit_message_id(message_id: str) -> str:
+    """``message_id`` itself when it fits AMQP's 255 bytes, else its first bytes + ``~`` +
+    the SHA-256 (hex) of all of it: deterministic, so duplicates still share an id."""
+    raw = message_id.encode(errors="surrogatepass")
+    if len(raw) <= _MESSAGE_ID_MAX:
+        return message_id
+    keep = _MESSAGE_ID_MAX - 1 - _MESSAGE_ID_HASH
+    prefix = raw[:keep].decode(errors="ignore")  # never split a character
+    return f"{prefix}~{hashlib.sha256(raw).hexdigest()}"
 
 
 def _stdlib_body(data: Any) -> bytes:
@@ -194,8 +213,14 @@ class Router:
             body = self._body(data)
         except (TypeError, ValueError, RecursionError) as exc:
             raise RoutingError(f"data is not JSON-serialisable: {exc}") from None
-        replay_id = _replay_id(data)
+        replay_id = replay_id_of(data)
         cometd_id = message.get("id")
+        try:
+            # Without a replay id or CometD id the id hashes the canonical JSON of ``data``,
+            # which recurses like the body encoder does.
+            message_id = message_id_for(self.endpoint, channel, data, replay_id, cometd_id)
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise RoutingError(f"data is not JSON-serialisable: {exc}") from None
         headers: dict[str, Any] = {"cometd-endpoint": self.endpoint, "cometd-channel": channel}
         if cometd_id is not None:
             headers["cometd-id"] = str(cometd_id)
@@ -206,7 +231,7 @@ class Router:
             routing_key=self.routing_key(channel),
             body=body,
             headers=headers,
-            message_id=message_id_for(self.endpoint, channel, data, replay_id, cometd_id),
+            message_id=message_id,
             timestamp=time.time() if received_at is None else received_at,
             channel=channel,
             replay_id=replay_id,

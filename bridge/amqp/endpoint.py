@@ -35,7 +35,7 @@ from aiormq.exceptions import ChannelNotFoundEntity
 from pamqp import commands as spec
 from pamqp.header import ContentHeader
 
-from bridge.amqp.frames import FrameEncoder, encode_headers
+from bridge.amqp.frames import FrameEncoder, check_shortstr, encode_headers
 
 
 __all__ = [
@@ -68,6 +68,9 @@ class PublishResult(enum.Enum):
     CONFIRMED = "confirmed"  # routed and confirmed by the broker
     ALTERNATE = "alternate"  # returned as unroutable, re-published to the alternate exchange
     RETURNED = "returned"  # returned as unroutable, nowhere else to go: counted and logged
+    # Could not be encoded as AMQP frames when its turn came (never reached the broker);
+    # logged here, counted by the caller. Rare: ``submit`` rejects what it can foresee.
+    UNPUBLISHABLE = "unpublishable"
 
 
 class Publishable(Protocol):
@@ -205,11 +208,16 @@ class EndpointPublisher:
         """Queue ``msg``; ``done(msg, result)`` runs once the broker settled it.
 
         Raises ``ValueError``/``TypeError`` at once for a message that can never be encoded
-        (routing key or message_id over 255 bytes, unsupported header value).
+        (exchange, routing key, header name or message_id over 255 bytes, a body that is not
+        bytes, an unsupported header value), so one bad message never reaches the writer.
         """
         if self._closing:
             raise RuntimeError(f"publisher for {self.endpoint!r} is closed")
         props = _properties(msg)
+        check_shortstr("exchange", msg.exchange)
+        check_shortstr("routing key", msg.routing_key)
+        if not isinstance(msg.body, bytes | bytearray | memoryview):
+            raise TypeError(f"message body is {type(msg.body).__name__}, not bytes")
         self._pending.append(_Entry(msg, cast(DoneCallback, done), props))
         self._outstanding += 1
         self._idle.clear()
@@ -330,24 +338,53 @@ class EndpointPublisher:
     # -- writing ----------------------------------------------------------------------------
 
     async def _writer(self) -> None:
-        """Moves queued messages into the in-flight window, one coalesced write per batch."""
+        """Moves queued messages into the in-flight window, one coalesced write per batch.
+
+        Never dies while the publisher is open: a message that cannot be encoded is settled
+        as unpublishable on its own (see :meth:`_encode_batch`); anything else unexpected is
+        logged with its traceback and handled like a channel loss (the channel is retired,
+        its unconfirmed messages are queued again and the channel reopened after the loss
+        back-off), so the endpoint shows not ready meanwhile instead of hanging silently.
+        """
         while True:
             await self._wake.wait()
             self._wake.clear()
-            if not self._pending:
-                continue
-            ch = self._ch
-            if ch is None or ch.is_closed:
-                await self._recover()
-                ch = await self._attach()
-            room = self._max_inflight - len(self._window)
-            if room <= 0:
-                continue  # an ack frees room and wakes us
-            payload = self._encode_batch(ch, room)
-            if payload:
-                await self._write(ch, payload)
-            if self._pending and len(self._window) < self._max_inflight:
-                self._wake.set()
+            try:
+                await self._write_pending()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception(
+                    "publisher %s: writer failed; reopening the channel and publishing again",
+                    self.endpoint,
+                )
+                await self._restart_channel("writer_error")
+
+    async def _write_pending(self) -> None:
+        if not self._pending:
+            return
+        ch = self._ch
+        if ch is None or ch.is_closed:
+            await self._recover()
+            ch = await self._attach()
+        room = self._max_inflight - len(self._window)
+        if room <= 0:
+            return  # an ack frees room and wakes us
+        payload = self._encode_batch(ch, room)
+        if payload:
+            await self._write(ch, payload)
+        if self._pending and len(self._window) < self._max_inflight:
+            self._wake.set()
+
+    async def _restart_channel(self, reason: str) -> None:
+        ch = self._ch
+        if ch is not None:
+            self._retired = ch
+            self._detach(reason)
+            await self._force_close(ch)
+        else:
+            self._losses += 1  # nothing attached: still back off before the next attempt
+        self._wake.set()
 
     def _encode_batch(self, ch: aiormq.Channel, room: int) -> bytes:
         assert self._encoder is not None
@@ -364,6 +401,12 @@ class EndpointPublisher:
             if mid in by_id:
                 self._blocked.setdefault(mid, []).append(e)
                 continue
+            try:
+                frames = [method(e.exchange, msg.routing_key), header(e.props)]
+                body_frames(msg.body, frames)
+            except Exception as exc:  # this message only; the rest of the batch goes on
+                self._reject(e, exc)
+                continue
             by_id[mid] = e
             window.append(e)  # its delivery tag is _first_tag + its index in the window
             e.settled = False
@@ -371,10 +414,20 @@ class EndpointPublisher:
             e.sent_at = now
             e.attempts += 1
             room -= 1
-            parts.append(method(e.exchange, msg.routing_key))
-            parts.append(header(e.props))
-            body_frames(msg.body, parts)
+            parts.extend(frames)
         return b"".join(parts)
+
+    def _reject(self, e: _Entry, exc: Exception) -> None:
+        log.error(
+            "publisher %s: message cannot be encoded and is not published: message_id=%.300s "
+            "exchange=%.300s error=%s: %.300s",
+            self.endpoint,
+            e.msg.message_id,
+            e.exchange,
+            type(exc).__name__,
+            exc,
+        )
+        self._finish(e, PublishResult.UNPUBLISHABLE)
 
     async def _write(self, ch: aiormq.Channel, payload: bytes) -> None:
         frame = ChannelFrame(payload=payload, should_close=False)
@@ -539,9 +592,14 @@ class EndpointPublisher:
 
 def _properties(msg: Publishable) -> bytes:
     """Encode the content-header properties once, at submit, so bad input fails the caller."""
-    return FrameEncoder.properties(
-        len(msg.body), encode_headers(msg.headers), msg.message_id, msg.timestamp
-    )
+    check_shortstr("message_id", msg.message_id)
+    for name in msg.headers:
+        check_shortstr("header name", name)
+    try:
+        headers = encode_headers(msg.headers)
+    except (RecursionError, OverflowError) as exc:  # a header value nested or sized absurdly
+        raise ValueError(f"headers cannot be encoded: {type(exc).__name__}") from None
+    return FrameEncoder.properties(len(msg.body), headers, msg.message_id, msg.timestamp)
 
 
 def _resolve(fut: asyncio.Future[PublishResult], _msg: Any, result: PublishResult) -> None:

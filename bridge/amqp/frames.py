@@ -16,7 +16,7 @@ from typing import Any, Final
 from pamqp import encode as _pamqp_encode
 
 
-__all__ = ["FrameEncoder", "PROPERTY_FLAGS", "encode_headers"]
+__all__ = ["FrameEncoder", "PROPERTY_FLAGS", "check_shortstr", "encode_headers"]
 
 _FRAME_END: Final = b"\xce"
 _METHOD_HEAD: Final = struct.Struct(">BHI")  # frame type, channel, payload size
@@ -40,6 +40,16 @@ def _shortstr(value: str) -> bytes:
     if len(raw) > 255:
         raise ValueError(f"AMQP short string longer than 255 bytes: {value[:40]!r}...")
     return bytes((len(raw),)) + raw
+
+
+def check_shortstr(what: str, value: object) -> None:
+    """Raise ``ValueError``/``TypeError`` unless ``value`` fits an AMQP short string (a str of
+    at most 255 UTF-8 bytes): exchange names, routing keys, header names, message ids."""
+    if not isinstance(value, str):
+        raise TypeError(f"{what} is {type(value).__name__}, not str")
+    size = len(value.encode(errors="surrogatepass"))
+    if size > 255:
+        raise ValueError(f"{what} is {size} bytes, over the AMQP limit of 255: {value[:40]!r}...")
 
 
 def encode_headers(headers: Mapping[str, Any]) -> bytes:

@@ -152,3 +152,27 @@ def test_distinct_replay_ids_give_distinct_message_ids(ids: list[int]) -> None:
     routed = [router.route(sf_event(i, {"same": True})) for i in ids]
     assert len({r.message_id for r in routed}) == len(ids)
     assert [r.headers["replay-id"] for r in routed] == ids
+
+
+def test_a_message_id_over_255_bytes_is_shortened_to_a_stable_hash() -> None:
+    router = Router("e", "x")
+    long_id = "é" * 200  # 400 UTF-8 bytes: a server id far over AMQP's short-string limit
+    first = router.route({"channel": "/a", "id": long_id, "data": {}}).message_id
+    again = router.route({"channel": "/a", "id": long_id, "data": {"other": 1}}).message_id
+    other = router.route({"channel": "/a", "id": long_id + "x", "data": {}}).message_id
+    full = f"e:/a:i{long_id}".encode()
+    assert len(first.encode()) <= 255
+    assert first == again, "the same event keeps the same id"
+    assert first != other
+    assert first.endswith("~" + hashlib.sha256(full).hexdigest())
+    assert first.startswith("e:/a:ié")
+    short = router.route({"channel": "/a", "id": "x" * 100, "data": {}}).message_id
+    assert short == "e:/a:i" + "x" * 100, "ids that fit are unchanged"
+
+
+def test_a_data_value_nested_beyond_the_recursion_limit_is_a_routing_error() -> None:
+    data: Any = 1
+    for _ in range(5000):
+        data = [data]
+    with pytest.raises(RoutingError, match="not JSON-serialisable"):
+        Router("e", "x").route({"channel": "/a", "data": data})

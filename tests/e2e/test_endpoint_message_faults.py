@@ -1,0 +1,153 @@
+"""One bad server message never stops an endpoint: a routing key over AMQP's 255 bytes, a
+message nested ~1,000 levels deep. Real RabbitMQ, the supervisor in-process, the scriptable
+fake Bayeux server (it can put a hand-made body on the wire)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bridge.demo.bayeux_server import Exchange
+from bridge.demo.protocol import Message
+from bridge.settings import load_settings
+from bridge.supervisor import Supervisor
+from tests.e2e.harness import QueueCollector
+from tests.fakes.fake_bayeux import Action, FakeBayeux
+
+
+pytestmark = pytest.mark.integration
+
+SHORT = "/event/Order__e"
+# With a long constant prefix in the template, {channel_path} of LONG makes a routing key over
+# AMQP's 255 bytes (SHORT's still fits); LONG's message id fits, so only the key is at fault.
+PREFIX = "bridge." + "p" * 180
+LONG = "/event/" + "L" * 80
+
+
+@contextlib.asynccontextmanager
+async def running_supervisor(
+    amqp_url: str, tmp_path: Path, endpoints: dict[str, Any]
+) -> AsyncIterator[Supervisor]:
+    settings = load_settings(
+        {
+            "BRIDGE_AMQP_URL": amqp_url,
+            "BRIDGE_ENDPOINTS": json.dumps(endpoints),
+            "BRIDGE_HTTP_HOST": "127.0.0.1",
+            "BRIDGE_HTTP_PORT": "0",
+            "BRIDGE_STATE_DIR": str(tmp_path / "state"),
+            "BRIDGE_SHUTDOWN_TIMEOUT": "5",
+        }
+    )
+    supervisor = Supervisor(settings)
+    task = asyncio.create_task(supervisor.run())
+    try:
+        yield supervisor
+    finally:
+        supervisor.stop()
+        async with asyncio.timeout(30):
+            await task
+
+
+async def eventually(check: Callable[[], bool], within: float, what: str) -> None:
+    """Wait (bounded) for in-process state that has no event of its own."""
+    try:
+        async with asyncio.timeout(within):
+            while not check():  # noqa: ASYNC110 - worker state has no notification
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        raise AssertionError(f"not within {within} s: {what}") from None
+
+
+def malformed(sup: Supervisor, reason: str) -> float:
+    labels = {"endpoint": "ep", "reason": reason}
+    return (
+        sup.metrics.registry.get_sample_value("cometd_bridge_malformed_messages_total", labels) or 0
+    )
+
+
+async def test_a_routing_key_over_255_bytes_is_counted_and_later_messages_are_published(
+    amqp_url: str,
+    fake_bayeux: FakeBayeux,
+    exchange_name: str,
+    collector: QueueCollector,
+    tmp_path: Path,
+) -> None:
+    endpoint = {
+        "url": fake_bayeux.url,
+        "channels": [SHORT, LONG],
+        "connection_types": "long-polling",
+        "exchange": exchange_name,
+        "routing_key": PREFIX + ".{channel_path}",
+    }
+    async with running_supervisor(amqp_url, tmp_path, {"ep": endpoint}) as sup:
+        await eventually(lambda: "ep" in sup.workers and sup.workers["ep"].up, 20, "endpoint up")
+        fake_bayeux.publish(LONG, {"seq": 0})
+        await eventually(lambda: malformed(sup, "unpublishable") == 1, 15, "long key counted")
+        for seq in range(1, 6):
+            fake_bayeux.publish(SHORT, {"seq": seq})
+        await collector.wait_for(5, within=20)
+        assert sorted(collector.seqs()) == [1, 2, 3, 4, 5]
+        fake_bayeux.publish(LONG, {"seq": 6})
+        fake_bayeux.publish(SHORT, {"seq": 7})
+        await collector.wait_for(6, within=20)
+        assert sorted(collector.seqs()) == [1, 2, 3, 4, 5, 7]
+        assert malformed(sup, "unpublishable") == 2
+        assert sup.workers["ep"].up
+
+
+def nested_json(levels: int) -> str:
+    return "[" * levels + "1" + "]" * levels
+
+
+def poison_first(text: str) -> Action:
+    """On the first connect reply that carries events, put a hand-made message before them
+    (the fake's own encoder cannot write it: it is as deep as the recursion limit)."""
+    state = {"done": False}
+
+    async def after(exchange: Exchange, _message: Message) -> None:
+        events = [r for r in exchange.replies if "data" in r]
+        if state["done"] or not events:
+            return
+        state["done"] = True
+        meta = [json.dumps(r) for r in exchange.replies if "data" not in r]
+        rest = [json.dumps(r) for r in events]
+        exchange.raw_body = ("[" + ",".join([*meta, text, *rest]) + "]").encode()
+
+    return Action(after=after, name="poison_first")
+
+
+async def test_a_message_nested_1000_levels_is_skipped_and_the_rest_of_its_batch_published(
+    amqp_url: str,
+    fake_bayeux: FakeBayeux,
+    exchange_name: str,
+    collector: QueueCollector,
+    tmp_path: Path,
+) -> None:
+    head = json.dumps({"channel": SHORT, "id": "deep", "data": {"seq": -1}})[:-2]
+    poison = head + ', "x": ' + nested_json(1000) + "}}"
+    endpoint = {
+        "url": fake_bayeux.url,
+        "channels": [SHORT],
+        "connection_types": "long-polling",
+        "exchange": exchange_name,
+    }
+    # Before the session starts: rules are matched when a request arrives, and the connect
+    # that will carry the events is already held by the time the endpoint is up.
+    fake_bayeux.on("/meta/connect", poison_first(poison))
+    async with running_supervisor(amqp_url, tmp_path, {"ep": endpoint}) as sup:
+        await eventually(lambda: "ep" in sup.workers and sup.workers["ep"].up, 20, "endpoint up")
+        for seq in range(1, 6):
+            fake_bayeux.publish(SHORT, {"seq": seq})
+        await collector.wait_for(5, within=20)
+        assert sorted(collector.seqs()) == [1, 2, 3, 4, 5]
+        skipped = sum(
+            malformed(sup, r) for r in ("unroutable_message", "unpublishable", "too_deep")
+        )
+        assert skipped == 1
+        assert sup.workers["ep"].status.restarts == 0, "the session did not end over it"
