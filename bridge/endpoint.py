@@ -319,7 +319,12 @@ class EndpointWorker:
         operator (unreadable positions file, gap policy ``fail``): restarting would not help.
         """
         structlog.contextvars.bind_contextvars(endpoint=self.name)
-        if not await self._start_positions():
+        try:
+            positions_ok = await self._start_positions()
+        except Exception as exc:  # anything at start needs an operator: say so, never hang
+            self._fail(f"endpoint could not start: {_describe(exc)}")
+            return
+        if not positions_ok:
             return
         attempt = 0
         while not self._stopping.is_set():
@@ -426,15 +431,16 @@ class EndpointWorker:
             except PositionStoreError as exc:
                 self._fail(f"cannot load stored replay positions: {exc}")
                 return False
-            path = keeper.store.path(self.name)
-            aside = sorted(path.parent.glob(f"{path.name}.corrupt-*"))
-            if not stored and aside:
-                # The file was set aside as corrupt by an earlier start: starting from the
-                # fallback now would silently skip (or flood) what the file stood for.
+            store = keeper.store
+            aside = await asyncio.to_thread(store.corrupt_copies, self.name)
+            if aside and not await asyncio.to_thread(store.exists, self.name):
+                # The file was set aside as corrupt by an earlier start and nobody decided
+                # since: starting from the fallback now would silently skip (or flood) what the
+                # file stood for. `positions set|clear` writes a file, which is that decision.
                 self._fail(
-                    f"the positions file {path} was set aside as corrupt ({aside[-1].name}); "
-                    "set positions with `cometd-bridge positions set` (or `clear` to start "
-                    "from replay_fallback), or restore the file"
+                    f"the positions file {store.path(self.name)} was set aside as corrupt "
+                    f"({aside[-1].name}); set positions with `cometd-bridge positions set` "
+                    "(or `clear` to start from replay_fallback), or restore the file"
                 )
                 return False
             self._log.info(
@@ -446,15 +452,13 @@ class EndpointWorker:
         return True
 
     async def _keep_positions(self, keeper: PositionKeeper) -> None:
-        while True:
-            try:
-                await keeper.run()
-            except PositionStoreError as exc:
-                # Positions stay in memory; the next flush tries again. Resuming after a crash
-                # would repeat more, never skip.
-                self.status.last_error = f"positions not written: {exc}"
-                self._log.error("replay positions could not be written", error=str(exc))
-                await asyncio.sleep(keeper.flush_interval)  # retry pace, not synchronisation
+        # Positions stay in memory while the file cannot be written; the keeper retries every
+        # flush interval. Resuming after a crash meanwhile would repeat more, never skip.
+        await keeper.run(on_error=self._positions_not_written)
+
+    def _positions_not_written(self, exc: PositionStoreError) -> None:
+        self.status.last_error = f"positions not written: {exc}"
+        self._log.error("replay positions could not be written; retrying", error=str(exc))
 
     # -- one client session ------------------------------------------------------------------
 
@@ -559,8 +563,8 @@ class EndpointWorker:
                     # A failed resubscription after a re-handshake: a gap, or a real failure.
                     subscription = _subscription_of(exc.response)
                     gap = self._gap_of(exc, subscription)
-                    if gap is None or subscription is None:
-                        raise
+                    if gap is None or subscription not in self.config.channels:
+                        raise  # never subscribe to (nor store) a channel the server named
                     await self._handle_gap(gap)
                     await self._subscribe(client, subscription)
                     continue
@@ -697,7 +701,10 @@ class EndpointWorker:
         if self._replay is None:
             return None
         gap = invalid_replay_id(exc.response)
-        if gap is not None and not gap.channel and channel:
+        ours = {c.split("?", 1)[0] for c in self.config.channels}
+        if gap is not None and gap.channel not in ours and channel:
+            # The channel we subscribed to, never one the server named: it becomes a stored
+            # position and a metric label.
             gap = dataclasses.replace(gap, channel=channel.split("?", 1)[0])
         return gap
 

@@ -23,9 +23,10 @@ import json
 import math
 import os
 import re
+import tempfile
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -155,18 +156,21 @@ class PositionStoreError(Exception):
 class CorruptPositionFile(PositionStoreError):
     """A positions file exists but cannot be trusted.
 
-    It has been moved aside to :attr:`aside` so an operator can inspect it; the bridge must
-    not silently start from the configured start position instead (that would replay from
-    -1 and lose the gap, or from -2 and flood the broker).
+    The bridge moves it aside to :attr:`aside` (``None`` when only read, as by ``positions
+    show``) so an operator can inspect it; the bridge must not silently start from the
+    configured start position instead (that would replay from -1 and lose the gap, or from -2
+    and flood the broker).
     """
 
-    def __init__(self, path: Path, aside: Path, reason: str) -> None:
+    def __init__(self, path: Path, aside: Path | None, reason: str) -> None:
         self.path = path
         self.aside = aside
         self.reason = reason
+        where = f"moved it to {aside}. Inspect it, then restore it or" if aside else "To recover,"
         super().__init__(
-            f"positions file {path} is corrupt ({reason}); moved it to {aside}. "
-            f"Inspect it, then restore it or set positions with `cometd-bridge positions set`."
+            f"positions file {path} is corrupt ({reason}); {where} "
+            f"set positions with `cometd-bridge positions set` (or `clear` to start from "
+            f"replay_fallback) while the bridge is stopped."
         )
 
 
@@ -186,33 +190,75 @@ class PositionStore:
             raise ValueError(f"invalid endpoint name {endpoint!r}")
         return self.state_dir / f"{endpoint}{_FILE_SUFFIX}"
 
-    def endpoints(self) -> list[str]:
-        """Endpoints that have a positions file, sorted."""
+    def endpoints(self, *, with_corrupt_copies: bool = False) -> list[str]:
+        """Endpoints that have a positions file (or, when asked, only a corrupt copy), sorted."""
         if not self.state_dir.is_dir():
             return []
-        names = (p.name[: -len(_FILE_SUFFIX)] for p in self.state_dir.glob(f"*{_FILE_SUFFIX}"))
+        names = {p.name[: -len(_FILE_SUFFIX)] for p in self.state_dir.glob(f"*{_FILE_SUFFIX}")}
+        if with_corrupt_copies:
+            for p in self.state_dir.glob(f"*{_FILE_SUFFIX}.corrupt-*"):
+                names.add(p.name.split(_FILE_SUFFIX, 1)[0])
         return sorted(n for n in names if _ENDPOINT_NAME.match(n))
+
+    def exists(self, endpoint: str) -> bool:
+        """Whether ``endpoint`` has a positions file (an empty one counts: an operator's
+        ``positions clear`` after a corrupt file writes one on purpose)."""
+        return self.path(endpoint).exists()
+
+    def corrupt_copies(self, endpoint: str) -> list[Path]:
+        """Files set aside as corrupt for ``endpoint``, oldest first."""
+        path = self.path(endpoint)
+        if not self.state_dir.is_dir():
+            return []
+        return sorted(path.parent.glob(f"{path.name}.corrupt-*"))
+
+    def read(self, endpoint: str) -> dict[str, StoredPosition]:
+        """Read ``endpoint``'s positions without changing any file; {} if it has none yet.
+
+        Raises :class:`CorruptPositionFile` (``aside`` None) when the file cannot be trusted.
+        """
+        path = self.path(endpoint)
+        raw = self._read_bytes(path)
+        if raw is None:
+            return {}
+        try:
+            return _parse(raw)
+        except ValueError as exc:
+            raise CorruptPositionFile(path, None, str(exc)) from exc
 
     def load(self, endpoint: str) -> dict[str, StoredPosition]:
         """Read ``endpoint``'s positions; {} if it has none yet.
 
         Raises :class:`CorruptPositionFile` (after moving the file aside) when the file is not
-        valid JSON of the expected shape.
+        valid JSON of the expected shape, :class:`PositionStoreError` when it cannot be read
+        or moved aside.
         """
         path = self.path(endpoint)
-        try:
-            raw = path.read_bytes()
-        except FileNotFoundError:
+        raw = self._read_bytes(path)
+        if raw is None:
             return {}
-        except OSError as exc:
-            raise PositionStoreError(f"cannot read positions file {path}: {exc}") from exc
         try:
             return _parse(raw)
         except ValueError as exc:
             aside = path.with_name(f"{path.name}.corrupt-{time.time_ns()}")
-            os.replace(path, aside)
-            _fsync_dir(path.parent)
+            try:
+                os.replace(path, aside)
+                _fsync_dir(path.parent)
+            except OSError as move_error:
+                raise PositionStoreError(
+                    f"positions file {path} is corrupt ({exc}) and could not be moved aside: "
+                    f"{move_error}"
+                ) from move_error
             raise CorruptPositionFile(path, aside, str(exc)) from exc
+
+    @staticmethod
+    def _read_bytes(path: Path) -> bytes | None:
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:  # a directory in its place, no permission, I/O error
+            raise PositionStoreError(f"cannot read positions file {path}: {exc}") from exc
 
     def save(self, endpoint: str, positions: Mapping[str, StoredPosition]) -> None:
         """Replace ``endpoint``'s positions with ``positions``, atomically and durably."""
@@ -222,11 +268,14 @@ class PositionStore:
             indent=2,
             sort_keys=True,
         ).encode()
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp: Path | None = None
         try:
             self.state_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            # A name no other writer (a second thread, the CLI, another process) can share.
+            fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=self.state_dir)
+            tmp = Path(name)
             try:
+                os.fchmod(fd, 0o644)
                 view = memoryview(body)
                 while view:
                     view = view[os.write(fd, view) :]
@@ -234,11 +283,13 @@ class PositionStore:
             finally:
                 os.close(fd)
             os.replace(tmp, path)
+            tmp = None
             # The rename is durable only once the directory entry is on disk.
             _fsync_dir(self.state_dir)
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
             raise PositionStoreError(f"cannot write positions file {path}: {exc}") from exc
 
     def update(self, endpoint: str, channel: str, position: StoredPosition | None) -> None:
@@ -256,6 +307,8 @@ def _parse(raw: bytes) -> dict[str, StoredPosition]:
         doc = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"not JSON: {exc}") from exc
+    except RecursionError:  # nested past the parser's recursion limit
+        raise ValueError("not JSON of the expected shape: nested too deeply") from None
     if not isinstance(doc, dict):
         raise ValueError("top level is not an object")
     result: dict[str, StoredPosition] = {}
@@ -294,7 +347,10 @@ class PositionKeeper:
         flush_every: int = 1000,
         flush_interval: float = 1.0,
         clock: Callable[[], float] = time.time,
+        channels: Collection[str] | None = None,
     ) -> None:
+        """``channels``: the subscribed channels (Bayeux wildcards allowed); positions of any
+        other channel are never kept (None: no restriction)."""
         if flush_every < 1:
             raise ValueError("flush_every must be >= 1")
         if flush_interval <= 0:
@@ -314,6 +370,10 @@ class PositionKeeper:
         self._due = asyncio.Event()
         self._lock = asyncio.Lock()
         self._closed = False
+        self._channels = None if channels is None else frozenset(channels)
+        # Messages of channels the session never subscribed to (a misbehaving server): never
+        # a position, never a file entry, never a metric label.
+        self.ignored = 0
 
     def load(self) -> dict[str, StoredPosition]:
         """Read the stored positions (blocking; call once before subscribing).
@@ -336,8 +396,17 @@ class PositionKeeper:
         mark = self._marks.get(channel)
         return 0 if mark is None else mark.pending
 
+    def subscribed(self, channel: str) -> bool:
+        """Whether ``channel`` is one of the endpoint's subscriptions (or matches one)."""
+        allowed = self._channels
+        return allowed is None or channel in allowed or any(_matches(p, channel) for p in allowed)
+
     def received(self, channel: str, replay_id: int) -> None:
-        """Record a message with a replay id, in arrival order."""
+        """Record a message with a replay id, in arrival order (ignored, and counted in
+        :attr:`ignored`, for a channel the endpoint did not subscribe to)."""
+        if not self.subscribed(channel):
+            self.ignored += 1
+            return
         mark = self._marks.get(channel)
         if mark is None:
             mark = self._marks[channel] = ContiguousWatermark()
@@ -361,8 +430,11 @@ class PositionKeeper:
         """Forget ``channel``'s watermark and pending messages; start it at ``replay_id``.
 
         For the gap policy (None: the next subscribe uses the configured start) and operator
-        resets. Written at the next flush.
+        resets. Written at the next flush. Ignored for a channel not subscribed to.
         """
+        if not self.subscribed(channel):
+            self.ignored += 1
+            return
         self._marks[channel] = ContiguousWatermark(replay_id)
         if replay_id is None:
             self._current.pop(channel, None)
@@ -399,8 +471,13 @@ class PositionKeeper:
             await asyncio.to_thread(self.store.save, self.endpoint, snapshot)
             self._flushed = snapshot
 
-    async def run(self) -> None:
-        """Flush loop; run it as a task for the endpoint's lifetime and cancel it on stop."""
+    async def run(self, on_error: Callable[[PositionStoreError], None] | None = None) -> None:
+        """Flush loop; run it as a task for the endpoint's lifetime and cancel it on stop.
+
+        A failed flush is reported to ``on_error`` and retried every ``flush_interval`` (not
+        only after the next confirm: the last positions of a quiet stream must reach the file
+        too). Without ``on_error`` the failure is raised.
+        """
         loop = asyncio.get_running_loop()
         last_flush = loop.time()
         while True:
@@ -410,10 +487,26 @@ class PositionKeeper:
                 # Wake early when flush_every confirms piled up, else at the interval.
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._due.wait(), remaining)
-            await self.flush()
+            try:
+                await self.flush()
+            except PositionStoreError as exc:
+                self._dirty.set()  # still to write: the next round retries
+                if on_error is None:
+                    raise
+                on_error(exc)
             last_flush = loop.time()
 
     async def close(self) -> None:
         """Final flush (the caller cancels :meth:`run` first or after; both are safe)."""
         self._closed = True
         await self.flush()
+
+
+def _matches(pattern: str, channel: str) -> bool:
+    """Bayeux wildcards: ``/a/*`` matches one more segment, ``/a/**`` any number (>= 1)."""
+    if pattern.endswith("/**"):
+        return channel.startswith(pattern[:-2]) and len(channel) > len(pattern) - 2
+    if pattern.endswith("/*"):
+        rest = channel[len(pattern) - 1 :]
+        return channel.startswith(pattern[:-1]) and bool(rest) and "/" not in rest
+    return False

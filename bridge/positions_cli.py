@@ -1,8 +1,11 @@
 """``cometd-bridge positions show | set | clear``: inspect and reset stored replay positions.
 
 Reads and writes the files of :class:`bridge.positions.PositionStore` under
-``BRIDGE_STATE_DIR`` (default ``./state``; ``--state-dir`` overrides). Run ``set``/``clear``
-while the bridge is stopped: a running bridge rewrites the file from memory at its next flush.
+``BRIDGE_STATE_DIR`` (default ``./state``; ``--state-dir`` overrides). ``set``/``clear`` take
+the state directory's lock (:mod:`bridge.state_lock`) and refuse while a bridge holds it (it
+would rewrite the file from memory at its next flush); ``show`` only reads, never changes a
+file, and works while the bridge runs. After a corrupt file, ``set`` or ``clear`` writes a new
+file: that is the operator's decision the endpoint waits for (the corrupt copy is kept).
 
 Wiring (in ``bridge.cli``): ``add_subparser(subparsers)`` then, for ``args.command ==
 "positions"``, ``run(args, os.environ)`` returns the exit code (0 ok, 1 failure).
@@ -18,7 +21,13 @@ import time
 from collections.abc import Mapping
 from typing import IO, Any
 
-from bridge.positions import PositionStore, PositionStoreError, StoredPosition
+from bridge.positions import (
+    CorruptPositionFile,
+    PositionStore,
+    PositionStoreError,
+    StoredPosition,
+)
+from bridge.state_lock import StateDirLock, StateDirLocked, held_by
 
 
 __all__ = ["add_subparser", "run", "show", "set_position", "clear_position"]
@@ -69,18 +78,38 @@ def run(args: argparse.Namespace, env: Mapping[str, str], out: IO[str] | None = 
     out = out or sys.stdout
     state_dir = args.state_dir or env.get("BRIDGE_STATE_DIR") or DEFAULT_STATE_DIR
     store = PositionStore(state_dir)
+    command = args.positions_command
     try:
-        if args.positions_command == "show":
-            show(store, out, endpoint=args.endpoint, as_json=args.json)
-        elif args.positions_command == "set":
-            set_position(store, args.endpoint, args.channel, args.replay_id)
-            print(f"{args.endpoint} {args.channel}: replay id set to {args.replay_id}", file=out)
-        elif args.positions_command == "clear":
-            clear_position(store, args.endpoint, args.channel)
-            print(f"{args.endpoint} {args.channel}: position cleared", file=out)
-        else:  # pragma: no cover - argparse enforces the choices
-            return 2
-    except (PositionStoreError, ValueError) as exc:
+        if command == "show":
+            holder = held_by(state_dir)
+            if holder is not None:
+                print(
+                    f"note: a running cometd-bridge (pid {holder or '?'}) uses {state_dir}; "
+                    "its positions in memory may be ahead of these (see /status)",
+                    file=sys.stderr,
+                )
+            return show(store, out, endpoint=args.endpoint, as_json=args.json)
+        with StateDirLock(state_dir):
+            if command == "set":
+                note = set_position(store, args.endpoint, args.channel, args.replay_id)
+                print(
+                    f"{args.endpoint} {args.channel}: replay id set to {args.replay_id}", file=out
+                )
+            elif command == "clear":
+                note = clear_position(store, args.endpoint, args.channel)
+                print(f"{args.endpoint} {args.channel}: position cleared", file=out)
+            else:  # pragma: no cover - argparse enforces the choices
+                return 2
+        if note:
+            print(note, file=out)
+    except StateDirLocked as exc:
+        print(
+            f"cometd-bridge positions: {exc}: positions can be changed only while the bridge "
+            "is stopped",
+            file=sys.stderr,
+        )
+        return 1
+    except (PositionStoreError, ValueError, OSError) as exc:
         print(f"cometd-bridge positions: {exc}", file=sys.stderr)
         return 1
     return 0
@@ -93,13 +122,25 @@ def show(
     endpoint: str | None = None,
     as_json: bool = False,
     now: float | None = None,
-) -> None:
-    """Print the stored positions (one endpoint, or all), with their age in seconds."""
+) -> int:
+    """Print the stored positions (one endpoint, or all), with their age in seconds; report
+    corrupt files on stderr (changing nothing). Returns the exit code (1 if any is corrupt)."""
     t = time.time() if now is None else now
-    endpoints = [endpoint] if endpoint else store.endpoints()
+    endpoints = [endpoint] if endpoint else store.endpoints(with_corrupt_copies=True)
     rows: list[dict[str, Any]] = []
+    problems: list[str] = []
     for name in endpoints:
-        for channel, pos in sorted(store.load(name).items()):
+        try:
+            positions = store.read(name)
+        except CorruptPositionFile as exc:
+            problems.append(str(exc))
+            continue
+        if not positions and not store.exists(name) and (copies := store.corrupt_copies(name)):
+            problems.append(
+                f"{name}: the positions file was set aside as corrupt ({copies[-1]}); the "
+                f"endpoint will not start until `positions set` or `positions clear` runs"
+            )
+        for channel, pos in sorted(positions.items()):
             rows.append(
                 {
                     "endpoint": name,
@@ -110,6 +151,15 @@ def show(
                     "event_time": pos.event_time,
                 }
             )
+    for problem in problems:
+        print(f"cometd-bridge positions: {problem}", file=sys.stderr)
+    _print_rows(store, rows, out, as_json)
+    return 1 if problems else 0
+
+
+def _print_rows(
+    store: PositionStore, rows: list[dict[str, Any]], out: IO[str], as_json: bool
+) -> None:
     if as_json:
         json.dump(rows, out, indent=2)
         out.write("\n")
@@ -136,16 +186,46 @@ def show(
         )
 
 
-def set_position(store: PositionStore, endpoint: str, channel: str, replay_id: int) -> None:
-    """Store ``replay_id`` as ``channel``'s position (the next start replays after it)."""
-    store.update(endpoint, channel, StoredPosition(replay_id, time.time()))
+def set_position(store: PositionStore, endpoint: str, channel: str, replay_id: int) -> str | None:
+    """Store ``replay_id`` as ``channel``'s position (the next start replays after it).
+
+    Returns a note for the operator when a corrupt file was found (and kept aside)."""
+    positions, note = _load_for_change(store, endpoint)
+    positions[channel] = StoredPosition(replay_id, time.time())
+    store.save(endpoint, positions)
+    return note
 
 
-def clear_position(store: PositionStore, endpoint: str, channel: str) -> None:
-    """Remove ``channel``'s position; raises ValueError if there is none."""
-    if channel not in store.load(endpoint):
+def clear_position(store: PositionStore, endpoint: str, channel: str) -> str | None:
+    """Remove ``channel``'s position; raises ValueError if there is none (unless the file
+    was corrupt: then an empty file is written, so the endpoint starts from replay_fallback)."""
+    positions, note = _load_for_change(store, endpoint)
+    if channel not in positions and note is None:
         raise ValueError(f"no stored position for {endpoint} {channel}")
-    store.update(endpoint, channel, None)
+    positions.pop(channel, None)
+    store.save(endpoint, positions)
+    return note
+
+
+def _load_for_change(
+    store: PositionStore, endpoint: str
+) -> tuple[dict[str, StoredPosition], str | None]:
+    """The positions to change, and a note when the file is (or was set aside as) corrupt:
+    the new file written from them is the decision the endpoint waits for."""
+    try:
+        positions = store.load(endpoint)  # a corrupt file is moved aside, kept for inspection
+    except CorruptPositionFile as exc:
+        return {}, (
+            f"note: the corrupt positions file was kept as {exc.aside}; a new file was written "
+            "(channels without a position start from replay_fallback)"
+        )
+    copies = store.corrupt_copies(endpoint)
+    if not positions and copies and not store.exists(endpoint):
+        return positions, (
+            f"note: the positions file had been set aside as corrupt ({copies[-1].name}); a new "
+            "file was written (channels without a position start from replay_fallback)"
+        )
+    return positions, None
 
 
 def _iso(timestamp: float) -> str:

@@ -193,6 +193,7 @@ class Supervisor:
                     name,
                     flush_every=s.position_flush_every,
                     flush_interval=s.position_flush_interval,
+                    channels=[channel.split("?", 1)[0] for channel in ep.channels],
                 )
             worker = EndpointWorker(
                 name,

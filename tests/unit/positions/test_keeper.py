@@ -136,3 +136,45 @@ async def test_ages_and_reset(tmp_path: Path) -> None:
 def test_rejects_nonsense_limits(tmp_path: Path, every: int, interval: float) -> None:
     with pytest.raises(ValueError, match="must be"):
         PositionKeeper(PositionStore(tmp_path), "sf", flush_every=every, flush_interval=interval)
+
+
+async def test_a_failed_flush_is_retried_on_the_timer_without_a_new_confirm(
+    tmp_path: Path,
+) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where the state directory should be")
+    store = RecordingStore(blocker / "state")
+    keeper = PositionKeeper(store, "sf", flush_every=1, flush_interval=0.05)
+    errors: asyncio.Queue[Exception] = asyncio.Queue()
+    task = asyncio.create_task(keeper.run(on_error=errors.put_nowait))
+    try:
+        keeper.received("/a", 5)
+        keeper.confirmed("/a", 5)
+        async with asyncio.timeout(10):
+            await errors.get()  # the first flush failed
+        blocker.unlink()  # the directory can be created now; no further confirm comes
+        async with asyncio.timeout(10):
+            saved = await store.saves.get()
+    finally:
+        task.cancel()
+    assert saved["/a"].replay_id == 5
+    assert store.load("sf")["/a"].replay_id == 5
+
+
+async def test_positions_of_channels_not_subscribed_are_never_kept(tmp_path: Path) -> None:
+    store = PositionStore(tmp_path)
+    keeper = PositionKeeper(store, "sf", channels=["/event/Order__e", "/data/**", "/x/*"])
+    keeper.load()
+    for channel, rid in [
+        ("/event/Order__e", 1),
+        ("/event/Unsolicited__e", 2),
+        ("/data/AccountChange", 3),
+        ("/x/y", 4),
+        ("/x/y/z", 5),
+    ]:
+        keeper.received(channel, rid)
+        keeper.confirmed(channel, rid)
+    keeper.reset("/event/Other__e", 9)
+    await keeper.close()
+    assert set(store.load("sf")) == {"/event/Order__e", "/data/AccountChange", "/x/y"}
+    assert keeper.ignored == 3

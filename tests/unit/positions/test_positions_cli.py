@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from pathlib import Path
 
 import pytest
 
 from bridge import positions_cli
 from bridge.cli import main
-from bridge.positions import PositionStore, StoredPosition
+from bridge.positions import CorruptPositionFile, PositionStore, StoredPosition
+from bridge.state_lock import StateDirLock
 
 
 @pytest.fixture
@@ -72,12 +74,56 @@ def test_state_dir_option_wins(tmp_path: Path, state: PositionStore) -> None:
     assert state.load("sf") == {}
 
 
-def test_corrupt_file_is_reported(state: PositionStore, capsys: pytest.CaptureFixture[str]) -> None:
+def test_show_reports_a_corrupt_file_and_changes_nothing(
+    state: PositionStore, capsys: pytest.CaptureFixture[str]
+) -> None:
     state.path("sf").write_text("{broken")
+    before = sorted(p.name for p in state.state_dir.iterdir())
     assert main(["positions", "show"]) == 1
     err = capsys.readouterr().err
-    assert "corrupt" in err
-    assert "sf.positions.json.corrupt-" in err
+    assert "sf.positions.json is corrupt" in err
+    assert sorted(p.name for p in state.state_dir.iterdir()) == before
+    assert state.path("sf").read_text() == "{broken"
+    assert state.corrupt_copies("sf") == []
+
+
+def test_set_and_clear_refuse_while_a_bridge_holds_the_state_directory(
+    state: PositionStore, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state.save("sf", {"/a": StoredPosition(7, 1.0)})
+    with StateDirLock(state.state_dir):  # what a running bridge holds
+        assert main(["positions", "set", "sf", "/a", "9"]) == 1
+        err = capsys.readouterr().err
+        assert f"in use by process {os.getpid()}" in err
+        assert "only while the bridge is stopped" in err
+        assert main(["positions", "clear", "sf", "/a"]) == 1
+        assert main(["positions", "show"]) == 0, "show only reads: allowed while it runs"
+        assert "may be ahead" in capsys.readouterr().err
+    assert state.load("sf")["/a"].replay_id == 7
+    assert main(["positions", "set", "sf", "/a", "9"]) == 0
+    assert state.load("sf")["/a"].replay_id == 9
+
+
+@pytest.mark.parametrize("command", [["set", "sf", "/a", "5"], ["clear", "sf", "/a"]])
+def test_set_or_clear_after_a_corrupt_file_is_the_decision_the_endpoint_waits_for(
+    state: PositionStore, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    state.path("sf").write_text("{broken")
+    with pytest.raises(CorruptPositionFile):
+        state.load("sf")  # what the bridge's start does: set aside, refuse
+    assert not state.exists("sf")
+    assert main(["positions", *command]) == 0
+    assert "set aside as corrupt" in capsys.readouterr().out
+    assert state.exists("sf"), "a file now exists: the endpoint may start"
+    assert len(state.corrupt_copies("sf")) == 1, "the corrupt copy is kept for inspection"
+
+
+def test_set_then_clear_after_a_corrupt_file_leaves_an_empty_file(state: PositionStore) -> None:
+    state.path("sf").write_text("{broken")
+    assert main(["positions", "set", "sf", "/a", "5"]) == 0  # moves the corrupt file aside
+    assert main(["positions", "clear", "sf", "/a"]) == 0
+    assert state.exists("sf")
+    assert state.load("sf") == {}
 
 
 @pytest.mark.parametrize("value", ["abc", "-3", "1.5"])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -98,3 +100,47 @@ def test_unwritable_state_dir_raises_store_error(tmp_path: Path) -> None:
     blocker.write_text("not a directory")
     with pytest.raises(PositionStoreError, match="cannot write"):
         PositionStore(blocker / "state").save("sf", {"/a": StoredPosition(1, 1.0)})
+
+
+def test_a_file_nested_past_the_recursion_limit_is_corrupt(tmp_path: Path) -> None:
+    store = PositionStore(tmp_path)
+    store.path("sf").write_text('{"/a": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(CorruptPositionFile, match="nested too deeply"):
+        store.load("sf")
+
+
+def test_a_corrupt_file_that_cannot_be_moved_aside_is_a_store_error(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    store = PositionStore(state)
+    store.path("sf").write_text("{broken")
+    # Root ignores permissions: an immutable directory is what a read-only one is to others.
+    if subprocess.run(["chattr", "+i", str(state)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not available here")
+    try:
+        with pytest.raises(PositionStoreError, match=r"corrupt .* could not be moved aside"):
+            store.load("sf")
+    finally:
+        subprocess.run(["chattr", "-i", str(state)], check=True)
+    assert store.path("sf").read_text() == "{broken"
+
+
+def test_concurrent_saves_never_share_a_temporary_file(tmp_path: Path) -> None:
+    store = PositionStore(tmp_path)
+    errors: list[BaseException] = []
+
+    def writer(n: int) -> None:
+        try:
+            for i in range(200):
+                store.save("sf", {"/a": StoredPosition(n * 1000 + i, 1.0)})
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert store.load("sf")["/a"].replay_id % 1000 == 199
+    assert [p.name for p in tmp_path.iterdir()] == ["sf.positions.json"], "no temp file left"
