@@ -69,9 +69,13 @@ def cmd_run() -> int:
     settings = _load()
     configure_logging(settings.log_level, settings.log_format)
     _warn_unknown()
-    from bridge.supervisor import Supervisor
+    from bridge.supervisor import StartupRefused, Supervisor
 
-    left = asyncio.run(Supervisor(settings).run())
+    try:
+        left = asyncio.run(Supervisor(settings).run())
+    except StartupRefused as exc:
+        print(f"cometd-bridge: cannot start: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     return EXIT_OK if left == 0 else EXIT_FAILURE
 
 

@@ -408,6 +408,10 @@ class EndpointWorker:
             positions={ch: p.replay_id for ch, p in self._keeper.snapshot().items()},
         )
 
+    def mark_failed(self, reason: str) -> None:
+        """Show the endpoint as stopped for good (its task ended unexpectedly)."""
+        self._fail(reason)
+
     def _fail(self, reason: str) -> None:
         self._failed = True
         self.status.state = "failed"

@@ -1,8 +1,12 @@
 """The process: one AMQP connection, one worker per endpoint, the HTTP server, shutdown.
 
-Start order: metrics → AMQP connection (retried with backoff until the broker answers) →
-exchanges declared → one :class:`~bridge.endpoint.EndpointWorker` per endpoint → HTTP.
-An endpoint that fails restarts itself with backoff and never takes the others down.
+Start order: the state directory's lock (a second bridge on it refuses: exit 2) → HTTP →
+each endpoint's auth (a configuration error such as a private key that does not parse: exit 2)
+→ AMQP connection (retried with backoff until the broker answers) → exchanges declared
+and publishing channels opened (broker-side errors, e.g. an exchange that exists with another
+type or a connection lost mid-declare, retried with backoff while ``/readyz`` says why) → one
+:class:`~bridge.endpoint.EndpointWorker` per endpoint. An endpoint that fails restarts itself
+with backoff and never takes the others down; one that cannot start is marked failed.
 
 Shutdown (SIGTERM/SIGINT or :meth:`Supervisor.stop`): readiness goes false, every worker stops
 fetching and hands its received messages to the publisher, confirms are awaited up to
@@ -36,22 +40,29 @@ import structlog
 from aiohttp import web
 
 from bridge import __version__
-from bridge.amqp import AmqpPublisher
+from bridge.amqp import AmqpPublisher, EndpointPublisher
 from bridge.auth import CredentialRegistry, PrometheusAuthHooks, extension_for
+from bridge.auth.extension import TokenAuthExtension
 from bridge.auth.factory import resolve_endpoint_url
 from bridge.endpoint import EndpointWorker, PublisherMetricsHooks
 from bridge.http import start_http_server
 from bridge.metrics import Metrics
 from bridge.positions import PositionKeeper, PositionStore
 from bridge.settings import Settings
+from bridge.state_lock import StateDirLock, StateDirLocked
 
 
-__all__ = ["Supervisor"]
+__all__ = ["StartupRefused", "Supervisor"]
 
 log = structlog.get_logger("bridge.supervisor")
 
 _GAUGE_INTERVAL = 1.0  # seconds between refreshes of the level gauges
 _AMQP_RETRY_MAX = 30.0
+
+
+class StartupRefused(Exception):
+    """The bridge cannot start as configured (another bridge holds the state directory, an
+    endpoint's auth settings do not work); ``cometd-bridge run`` exits 2 with this message."""
 
 
 class Supervisor:
@@ -81,6 +92,9 @@ class Supervisor:
         self._control: aio_pika.abc.AbstractExchange | None = None
         self._control_lock = asyncio.Lock()
         self.unconfirmed_at_exit = 0
+        self._state_lock = StateDirLock(settings.state_dir)
+        # Why the endpoints are not started yet (a broker-side error being retried), for /readyz.
+        self._startup_error: str | None = None
 
     # -- readiness and status ----------------------------------------------------------------
 
@@ -91,7 +105,7 @@ class Supervisor:
             return False, "AMQP connection down"
         down = sorted(name for name, w in self.workers.items() if not w.up)
         if not self.workers:
-            return False, "starting"
+            return False, self._startup_error or "starting"
         failed = sorted(name for name, w in self.workers.items() if w.failed)
         if failed:
             # Stopped for good (gap policy fail, unreadable positions): /status says why.
@@ -107,6 +121,7 @@ class Supervisor:
             "uptime_seconds": now - self._started_at,
             "amqp_connected": self._publisher.connected,
             "ready": self.ready()[0],
+            "startup_error": self._startup_error,
             "endpoints": {name: w.status_dict(now) for name, w in self.workers.items()},
         }
 
@@ -117,9 +132,36 @@ class Supervisor:
     # -- run ---------------------------------------------------------------------------------
 
     async def run(self) -> int:
-        """Run until stopped; returns the number of messages left unconfirmed at exit."""
-        s = self.settings
+        """Run until stopped; returns the number of messages left unconfirmed at exit.
+
+        Raises :class:`StartupRefused` when it cannot start as configured."""
         self.metrics.build_info.info({"version": __version__, "python": platform.python_version()})
+        self._take_state_lock()
+        try:
+            return await self._run()
+        finally:
+            self._state_lock.release()
+
+    def _take_state_lock(self) -> None:
+        try:
+            self._state_lock.acquire()
+        except StateDirLocked as exc:
+            raise StartupRefused(f"{exc}; one bridge per state directory") from None
+        except OSError as exc:
+            if any(ep.replay != "off" for ep in self.settings.endpoints.values()):
+                raise StartupRefused(
+                    f"cannot use the state directory {self.settings.state_dir} (replay "
+                    f"positions live there): {exc}"
+                ) from None
+            # Nothing of ours needs it: run, but say that a second bridge would not be noticed.
+            log.warning(
+                "state directory unusable; running without its lock",
+                state_dir=str(self.settings.state_dir),
+                error=str(exc),
+            )
+
+    async def _run(self) -> int:
+        s = self.settings
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -129,9 +171,11 @@ class Supervisor:
         )
         log.info("http server listening", host=s.http_host, port=s.http_port)
         try:
+            auths = self._auth_extensions()  # configuration: checked before waiting for AMQP
             if not await self._connect_amqp():
                 return 0
-            await self._start_workers()
+            if not await self._start_workers(auths):
+                return await self._shutdown()
             # Everything built so far (settings, registry, modules) lives until exit: move it
             # out of the collector's sight, so full collections stop walking it (measured:
             # p99 added latency at 500 msg/s over long-polling 2.5 ms -> 2.1 ms).
@@ -165,27 +209,14 @@ class Supervisor:
                         await self._stop.wait()
         return False
 
-    async def _start_workers(self) -> None:
+    async def _start_workers(self, auths: Mapping[str, TokenAuthExtension | None]) -> bool:
+        """Start every endpoint; False if stopped before the broker accepted the topology."""
         s = self.settings
-        declared: set[str] = set()
-        if any(ep.replay != "off" for ep in s.endpoints.values()):
-            await self._publisher.declare_exchange(s.control_exchange, "topic")
-            declared.add(s.control_exchange)
+        publishers = await self._open_publishers()
+        if publishers is None:
+            return False
         store = PositionStore(s.state_dir)
         for name, ep in s.endpoints.items():
-            if ep.exchange not in declared:
-                await self._publisher.declare_exchange(
-                    ep.exchange, ep.exchange_type, alternate_exchange=ep.alternate_exchange
-                )
-                declared.add(ep.exchange)
-            em = self.metrics.endpoint(name)
-            publisher = await self._publisher.channel_for(
-                name,
-                hooks=PublisherMetricsHooks(em),
-                alternate_exchange=ep.alternate_exchange,
-                max_inflight=ep.max_inflight,
-            )
-            auth = extension_for(self._credentials, ep.auth, name, state_dir=Path(s.state_dir))
             keeper = None
             if ep.replay != "off":
                 keeper = PositionKeeper(
@@ -195,11 +226,12 @@ class Supervisor:
                     flush_interval=s.position_flush_interval,
                     channels=[channel.split("?", 1)[0] for channel in ep.channels],
                 )
+            auth = auths[name]
             worker = EndpointWorker(
                 name,
                 ep,
-                publisher=publisher,
-                metrics=em,
+                publisher=publishers[name],
+                metrics=self.metrics.endpoint(name),
                 auth=auth,
                 url=ep.url,
                 url_resolver=partial(resolve_endpoint_url, ep, auth),
@@ -207,9 +239,86 @@ class Supervisor:
                 gap_sink=self._publish_gap,
             )
             self.workers[name] = worker
-            self._tasks[name] = asyncio.create_task(worker.run(), name=f"endpoint-{name}")
+            task = asyncio.create_task(worker.run(), name=f"endpoint-{name}")
+            task.add_done_callback(partial(self._worker_done, worker))
+            self._tasks[name] = task
         self.metrics.set_position_source(self._position_times)
         log.info("endpoints started", endpoints=sorted(self.workers))
+        return True
+
+    def _auth_extensions(self) -> dict[str, TokenAuthExtension | None]:
+        """Each endpoint's auth; a failure here is configuration (e.g. a key that does not
+        parse), not something a retry fixes."""
+        s = self.settings
+        result: dict[str, TokenAuthExtension | None] = {}
+        for name, ep in s.endpoints.items():
+            try:
+                result[name] = extension_for(
+                    self._credentials, ep.auth, name, state_dir=Path(s.state_dir)
+                )
+            except Exception as exc:
+                raise StartupRefused(f"endpoint {name}: auth: {exc}") from None
+        return result
+
+    async def _open_publishers(self) -> dict[str, EndpointPublisher] | None:
+        """Declare the exchanges and open each endpoint's publishing channel, retrying
+        broker-side failures with backoff until they succeed or the bridge is stopped."""
+        s = self.settings
+        opened: dict[str, EndpointPublisher] = {}
+        attempt = 0
+        while not self._stop.is_set():
+            try:
+                await self._declare_topology()
+                for name, ep in s.endpoints.items():
+                    if name not in opened:
+                        opened[name] = await self._publisher.channel_for(
+                            name,
+                            hooks=PublisherMetricsHooks(self.metrics.endpoint(name)),
+                            alternate_exchange=ep.alternate_exchange,
+                            max_inflight=ep.max_inflight,
+                        )
+                self._startup_error = None
+                return opened
+            except Exception as exc:  # the broker refused or went away: /readyz says which
+                delay = random.uniform(0.5, min(_AMQP_RETRY_MAX, 1.0 * 2**attempt))
+                attempt += 1
+                self._startup_error = f"AMQP topology not declared: {_describe(exc)}"
+                log.error(
+                    "declaring the AMQP topology failed; retrying",
+                    error=_describe(exc),
+                    retry_in=round(delay, 1),
+                )
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._stop.wait()
+        return None
+
+    async def _declare_topology(self) -> None:
+        s = self.settings
+        declared: set[str] = set()
+        if any(ep.replay != "off" for ep in s.endpoints.values()):
+            await self._publisher.declare_exchange(s.control_exchange, "topic")
+            declared.add(s.control_exchange)
+        for ep in s.endpoints.values():
+            if ep.exchange not in declared:
+                await self._publisher.declare_exchange(
+                    ep.exchange, ep.exchange_type, alternate_exchange=ep.alternate_exchange
+                )
+                declared.add(ep.exchange)
+
+    def _worker_done(self, worker: EndpointWorker, task: asyncio.Task[None]) -> None:
+        # EndpointWorker.run never raises; if it ever does, say so and show it failed.
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        assert exc is not None
+        log.error(
+            "endpoint task died",
+            endpoint=worker.name,
+            error=_describe(exc),
+            exc_info=(type(exc), exc, exc.__traceback__),
+        )
+        worker.mark_failed(f"endpoint task died: {_describe(exc)}")
 
     def _position_times(self) -> Iterator[tuple[str, str, float]]:
         for worker in list(self.workers.values()):
@@ -278,3 +387,8 @@ class Supervisor:
 
     def _on_amqp_state(self, connected: bool) -> None:
         self.metrics.amqp_connected.set(1 if connected else 0)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
