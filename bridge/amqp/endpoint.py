@@ -397,11 +397,11 @@ class EndpointPublisher:
         while room and pending:
             e = pending.popleft()
             msg = e.msg
-            mid = msg.message_id
-            if mid in by_id:
-                self._blocked.setdefault(mid, []).append(e)
-                continue
             try:
+                mid = msg.message_id
+                if mid in by_id:
+                    self._blocked.setdefault(mid, []).append(e)
+                    continue
                 frames = [method(e.exchange, msg.routing_key), header(e.props)]
                 body_frames(msg.body, frames)
             except Exception as exc:  # this message only; the rest of the batch goes on
@@ -418,11 +418,15 @@ class EndpointPublisher:
         return b"".join(parts)
 
     def _reject(self, e: _Entry, exc: Exception) -> None:
+        try:
+            mid: object = e.msg.message_id
+        except Exception:
+            mid = "?"
         log.error(
             "publisher %s: message cannot be encoded and is not published: message_id=%.300s "
             "exchange=%.300s error=%s: %.300s",
             self.endpoint,
-            e.msg.message_id,
+            mid,
             e.exchange,
             type(exc).__name__,
             exc,

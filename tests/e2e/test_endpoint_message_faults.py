@@ -18,7 +18,7 @@ from bridge.demo.protocol import Message
 from bridge.settings import load_settings
 from bridge.supervisor import Supervisor
 from tests.e2e.harness import QueueCollector
-from tests.fakes.fake_bayeux import Action, FakeBayeux
+from tests.fakes.fake_bayeux import Action, FakeBayeux, patch_reply
 
 
 pytestmark = pytest.mark.integration
@@ -105,9 +105,10 @@ def nested_json(levels: int) -> str:
     return "[" * levels + "1" + "]" * levels
 
 
-def poison_first(text: str) -> Action:
-    """On the first connect reply that carries events, put a hand-made message before them
-    (the fake's own encoder cannot write it: it is as deep as the recursion limit)."""
+def poison_first(text: str, after_events: int = 0) -> Action:
+    """On the first connect reply that carries events, put a hand-made message after the
+    first ``after_events`` of them (the fake's own encoder cannot write it: it is as deep as
+    the recursion limit)."""
     state = {"done": False}
 
     async def after(exchange: Exchange, _message: Message) -> None:
@@ -116,8 +117,9 @@ def poison_first(text: str) -> Action:
             return
         state["done"] = True
         meta = [json.dumps(r) for r in exchange.replies if "data" not in r]
-        rest = [json.dumps(r) for r in events]
-        exchange.raw_body = ("[" + ",".join([*meta, text, *rest]) + "]").encode()
+        before = [json.dumps(r) for r in events[:after_events]]
+        rest = [json.dumps(r) for r in events[after_events:]]
+        exchange.raw_body = ("[" + ",".join([*meta, *before, text, *rest]) + "]").encode()
 
     return Action(after=after, name="poison_first")
 
@@ -151,3 +153,44 @@ async def test_a_message_nested_1000_levels_is_skipped_and_the_rest_of_its_batch
         )
         assert skipped == 1
         assert sup.workers["ep"].status.restarts == 0, "the session did not end over it"
+
+
+async def test_a_poison_event_on_a_replay_endpoint_is_skipped_and_the_position_moves_over_it(
+    amqp_url: str,
+    fake_bayeux: FakeBayeux,
+    exchange_name: str,
+    collector: QueueCollector,
+    tmp_path: Path,
+) -> None:
+    head = json.dumps({"channel": SHORT, "data": {"event": {"replayId": 6}}})[:-2]
+    poison = head + ', "payload": ' + nested_json(1000) + "}}"
+    fake_bayeux.on("/meta/handshake", patch_reply(ext={"replay": True}))
+    fake_bayeux.on("/meta/connect", poison_first(poison, after_events=5))
+    endpoint = {
+        "url": fake_bayeux.url,
+        "channels": [SHORT],
+        "connection_types": "long-polling",
+        "exchange": exchange_name,
+        "replay": "stored",
+        "replay_fallback": "new",
+    }
+
+    def position(sup: Supervisor) -> Any:
+        positions = sup.status()["endpoints"]["ep"].get("positions", {})
+        return positions.get(SHORT, {}).get("replay_id")
+
+    async with running_supervisor(amqp_url, tmp_path, {"ep": endpoint}) as sup:
+        await eventually(lambda: "ep" in sup.workers and sup.workers["ep"].up, 20, "endpoint up")
+        assert sup.workers["ep"].replay_active
+        for rid in [1, 2, 3, 4, 5, 7, 8, 9]:
+            fake_bayeux.publish(SHORT, {"event": {"replayId": rid}, "seq": rid})
+        await collector.wait_for(8, within=20)
+        assert sorted(collector.seqs()) == [1, 2, 3, 4, 5, 7, 8, 9]
+        await eventually(lambda: position(sup) == 9, 15, "the position moved over the poison")
+        assert sup.workers["ep"].status.restarts == 0, "the session did not end over it"
+
+    # The next start resumes after the poison event: it is not replayed first again.
+    async with running_supervisor(amqp_url, tmp_path, {"ep": endpoint}) as sup:
+        await eventually(lambda: "ep" in sup.workers and sup.workers["ep"].up, 20, "endpoint up")
+    subscribes = fake_bayeux.messages("/meta/subscribe")
+    assert subscribes[-1]["ext"]["replay"] == {SHORT: 9}
