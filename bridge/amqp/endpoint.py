@@ -567,19 +567,27 @@ class EndpointPublisher:
         interval = max(0.05, self._publish_timeout / 4)
         while True:
             await asyncio.sleep(interval)
-            ch, window = self._ch, self._window
-            if ch is None or ch.is_closed or not window:
-                continue
-            if self._loop.time() - window[0].sent_at < self._publish_timeout:
-                continue
-            log.warning(
-                "publisher %s: no confirm within %.1f s; reopening the channel",
-                self.endpoint,
-                self._publish_timeout,
-            )
-            self._retired = ch
-            self._detach("timeout")
-            await self._force_close(ch)
+            try:
+                await self._check_overdue()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the watchdog must outlive anything it runs into
+                log.exception("publisher %s: confirm watchdog failed; going on", self.endpoint)
+
+    async def _check_overdue(self) -> None:
+        ch, window = self._ch, self._window
+        if ch is None or ch.is_closed or not window:
+            return
+        if self._loop.time() - window[0].sent_at < self._publish_timeout:
+            return
+        log.warning(
+            "publisher %s: no confirm within %.1f s; reopening the channel",
+            self.endpoint,
+            self._publish_timeout,
+        )
+        self._retired = ch
+        self._detach("timeout")
+        await self._force_close(ch)
 
     async def _force_close(self, ch: aiormq.Channel) -> None:
         try:
