@@ -143,17 +143,22 @@ class Supervisor:
             self._state_lock.release()
 
     def _take_state_lock(self) -> None:
+        """Lock the state directory when replay positions live there (created if needed) or
+        it exists anyway (other state, e.g. refresh tokens); without either there is nothing
+        to protect, and no directory is created (the demo, a bridge without replay)."""
+        needed = any(ep.replay != "off" for ep in self.settings.endpoints.values())
+        if not needed and not Path(self.settings.state_dir).is_dir():
+            return
         try:
             self._state_lock.acquire()
         except StateDirLocked as exc:
             raise StartupRefused(f"{exc}; one bridge per state directory") from None
         except OSError as exc:
-            if any(ep.replay != "off" for ep in self.settings.endpoints.values()):
+            if needed:
                 raise StartupRefused(
                     f"cannot use the state directory {self.settings.state_dir} (replay "
                     f"positions live there): {exc}"
                 ) from None
-            # Nothing of ours needs it: run, but say that a second bridge would not be noticed.
             log.warning(
                 "state directory unusable; running without its lock",
                 state_dir=str(self.settings.state_dir),

@@ -207,13 +207,7 @@ async def test_a_second_bridge_on_the_same_state_directory_exits_2(
     amqp_url: str, fake_bayeux: FakeBayeux, tmp_path: Path
 ) -> None:
     state = tmp_path / "state"
-    endpoint = {
-        "url": fake_bayeux.url,
-        "channels": [CHANNEL],
-        "connection_types": "long-polling",
-        "exchange": unique_name("ex"),
-    }
-    env = settings_env(amqp_url, state, {"ep": endpoint})
+    env = settings_env(amqp_url, state, {"ep": replay_endpoint(fake_bayeux, unique_name("ex"))})
     async with running_supervisor(env) as sup:
         await eventually(lambda: "ep" in sup.workers and sup.workers["ep"].up, 20, "ep up")
         second = await asyncio.to_thread(run_bridge, env)
