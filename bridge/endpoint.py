@@ -661,9 +661,7 @@ class EndpointWorker:
         self._log.error(
             "server message cannot be published; skipped",
             reason=reason,
-            error=summarize(f"{type(error).__name__}: {error}", limit=300)
-            if not isinstance(error, RecursionError)
-            else "RecursionError: nested too deeply",
+            error=_error_text(error),
             channel=summarize(channel, limit=200) if channel is not None else None,
             message=summarize(message),
         )
@@ -821,6 +819,17 @@ def _subscription_of(response: Mapping[str, Any] | None) -> str | None:
     if isinstance(subscription, list):
         subscription = subscription[0] if subscription else None
     return subscription if isinstance(subscription, str) else None
+
+
+def _error_text(exc: BaseException, limit: int = 300) -> str:
+    """``Type: message`` cut to ``limit`` characters, for a skip log line."""
+    if isinstance(exc, RecursionError):
+        return "RecursionError: nested too deeply"
+    try:
+        text = _describe(exc)
+    except Exception:  # an exception whose str() fails: its type still says something
+        text = type(exc).__name__
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def _describe(exc: BaseException) -> str:
