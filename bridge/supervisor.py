@@ -176,7 +176,11 @@ class Supervisor:
         )
         log.info("http server listening", host=s.http_host, port=s.http_port)
         try:
-            auths = self._auth_extensions()  # configuration: checked before waiting for AMQP
+            try:
+                auths = self._auth_extensions()  # configuration: checked before waiting for AMQP
+            except StartupRefused:
+                await self._credentials.aclose()
+                raise
             if not await self._connect_amqp():
                 return 0
             if not await self._start_workers(auths):
