@@ -70,7 +70,10 @@ async def credential(token_server: TokenServer) -> AsyncIterator[Credential]:
     source = ClientCredentials(
         token_server.token_url, token_server.client_id, token_server.client_secret
     )
-    credential = Credential("stream", source, backoff_initial=0.2, backoff_max=0.5)
+    # Tokens live 2 s here; the minimum interval stays well below the refresh point.
+    credential = Credential(
+        "stream", source, backoff_initial=0.2, backoff_max=0.5, min_interval=0.5
+    )
     yield credential
     await credential.aclose()
 
