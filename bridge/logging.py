@@ -60,8 +60,8 @@ HEADER_KEYS: Final = frozenset({"headers"})
 _URL_CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://[^\s/:@]*:)[^\s/]*@")
 # "Bearer <token>" in free text (an Authorization header echoed in an error message).
 _BEARER = re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9\-._~+/]+=*")
-# name=value in a query string, a form body or free text (?access_token=..., &sig=...).
-_PARAMETER = re.compile(r"(?<![A-Za-z0-9_.\-])([A-Za-z0-9_.\-]+)=([^&#\s\"'<>]*)")
+# name=value in a query string, a form body, a cookie or free text (?access_token=, &sig=).
+_PARAMETER = re.compile(r"(?<![A-Za-z0-9_.\-])([A-Za-z0-9_.\-]+)=([^&;#\s\"'<>]*)")
 # "name": "value" of a JSON document echoed inside a message (a server's error body).
 _JSON_MEMBER = re.compile(r'"([A-Za-z0-9_.\-]+)"(\s*:\s*)"((?:[^"\\]|\\.)*)"')
 
