@@ -303,7 +303,8 @@ class SalesforceJwtAuth(_AuthCommon):
         # A key that does not parse is a configuration mistake: check-config must report it
         # and run must exit 2, not fail at the first token request. cryptography is imported
         # only here, when a salesforce_jwt endpoint is configured (it costs ~7 MB of RSS).
-        pem = self.private_key or self.private_key_file  # whichever validator ran first
+        # Whichever validator ran first; "is None", as an empty SecretStr is falsy.
+        pem = self.private_key if self.private_key is not None else self.private_key_file
         if pem is None:
             return self  # _require_secrets reports it
         from bridge.auth.jwt import load_private_key
