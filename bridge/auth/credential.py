@@ -235,8 +235,7 @@ class Credential:
                 token = await self.source.fetch(self._get_session())
             except Exception as exc:
                 self._failures += 1
-                backoff = self._backoff(self._failures)
-                self._not_before = loop.time() + backoff
+                self._not_before = loop.time() + self._backoff(self._failures)
                 self._hooks.token_refreshed(self.name, "failure")
                 # str(exc) of our TokenErrors never carries secrets; other errors: type only.
                 reason = str(exc) if isinstance(exc, TokenError) else type(exc).__name__
@@ -245,7 +244,7 @@ class Credential:
                     self.name,
                     reason,
                     self._failures,
-                    backoff,
+                    self._earliest_request() - loop.time(),  # the backoff or the interval
                 )
                 if isinstance(exc, TokenError):
                     raise
