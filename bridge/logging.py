@@ -41,38 +41,80 @@ SENSITIVE_KEYS: Final = frozenset(
         "secret",
         "private_key",
         "api_key",
+        "x_api_key",
+        "session_id",
+        "sid",
+        "sig",
+        "signature",
+        "code_verifier",
     }
 )
+# Keys compared without separators or case: accessToken, access-token, ACCESS_TOKEN, sessionId
+# and sessionid all name the same secret.
+_COMPACT_KEYS: Final = frozenset(k.replace("_", "") for k in SENSITIVE_KEYS)
+#: Keys whose mapping holds HTTP headers: every value is hidden (API keys hide under any name).
+HEADER_KEYS: Final = frozenset({"headers"})
 
-# scheme://user:password@host -> scheme://user:***@host (the user name is not a secret).
-_URL_CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://[^\s/:@]*:)[^\s@/]*@")
+# scheme://user:password@host -> scheme://user:***@host (the user name is not a secret). The
+# password runs to the last "@" before the path: passwords may contain "@" (amqp://u:p@ss@h/).
+# A scheme starts a word and is short: otherwise every letter of a long word before "://"
+# would start a new attempt (quadratic: 20 s for a 40 KB line).
+_URL_CREDENTIALS = re.compile(
+    r"(?<![A-Za-z0-9+.\-])([A-Za-z][A-Za-z0-9+.\-]{0,31}://[^\s/:@]*:)[^\s/]*@"
+)
 # "Bearer <token>" in free text (an Authorization header echoed in an error message).
 _BEARER = re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9\-._~+/]+=*")
+# name=value in a query string, a form body, a cookie or free text (?access_token=, &sig=).
+_PARAMETER = re.compile(r"(?<![A-Za-z0-9_.\-])([A-Za-z0-9_.\-]+)=([^&;#\s\"'<>]*)")
+# "name": "value" of a JSON document echoed inside a message (a server's error body).
+_JSON_MEMBER = re.compile(r'"([A-Za-z0-9_.\-]+)"(\s*:\s*)"((?:[^"\\]|\\.)*)"')
 
 # Libraries whose stdlib logs we route; their own levels stay as they are except these.
 _QUIET: Final = {"aiohttp.access": logging.WARNING}
 
 
+def _mask_parameter(match: re.Match[str]) -> str:
+    if not _is_sensitive(match.group(1)) or not match.group(2):
+        return match.group(0)
+    return f"{match.group(1)}={MASK}"
+
+
+def _mask_json_member(match: re.Match[str]) -> str:
+    if not _is_sensitive(match.group(1)):
+        return match.group(0)
+    return f'"{match.group(1)}"{match.group(2)}"{MASK}"'
+
+
 def redact_text(text: str) -> str:
-    """Mask URL passwords and bearer tokens inside a free-text string."""
+    """Mask URL passwords, bearer tokens and secret ``name=value`` / ``"name": "value"`` pairs
+    (query strings, form bodies, echoed JSON) inside a free-text string."""
     if "://" in text:
         text = _URL_CREDENTIALS.sub(rf"\1{MASK}@", text)
     if "earer" in text:
         text = _BEARER.sub(rf"\1{MASK}", text)
+    if "=" in text:
+        text = _PARAMETER.sub(_mask_parameter, text)
+    if '"' in text:
+        text = _JSON_MEMBER.sub(_mask_json_member, text)
     return text
 
 
 def _is_sensitive(key: Any) -> bool:
-    return isinstance(key, str) and key.lower().replace("-", "_") in SENSITIVE_KEYS
+    if not isinstance(key, str):
+        return False
+    return key.lower().replace("-", "").replace("_", "").replace(".", "") in _COMPACT_KEYS
 
 
-def redact_data(value: Any) -> Any:
-    """A copy of ``value`` with sensitive keys masked at any depth and URL/bearer credentials
-    masked in strings (for log fields, ``/status`` and anything else shown to people)."""
+def redact_data(value: Any, key: Any = None) -> Any:
+    """A copy of ``value`` with sensitive keys masked at any depth, every header value masked,
+    and URL/bearer/query-string credentials masked in strings (for log fields, ``/status`` and
+    anything else shown to people). ``key`` is the name ``value`` was found under."""
     if isinstance(value, str):
         return redact_text(value)
     if isinstance(value, Mapping):
-        return {k: MASK if _is_sensitive(k) else redact_data(v) for k, v in value.items()}
+        if isinstance(key, str) and key.lower() in HEADER_KEYS:
+            return dict.fromkeys(value, MASK)
+        return {k: MASK if _is_sensitive(k) else redact_data(v, k) for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
         return [redact_data(v) for v in value]
     # SecretStr and friends render masked by their own repr; other objects are left as they are.
@@ -85,7 +127,7 @@ def redact(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> Event
         if _is_sensitive(key):
             event_dict[key] = MASK
         elif isinstance(value, str | Mapping | list | tuple | set | frozenset):
-            event_dict[key] = redact_data(value)
+            event_dict[key] = redact_data(value, key)
     return event_dict
 
 

@@ -48,6 +48,8 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from bridge.logging import redact_text
+
 
 __all__ = [
     "ConfigError",
@@ -76,6 +78,9 @@ _SEGMENT = r"[A-Za-z0-9\-_!~()$@]+"
 _CHANNEL_RE = re.compile(rf"^(/{_SEGMENT})*(/{_SEGMENT}|/\*|/\*\*)$")
 _ENDPOINT_NAME = r"^[a-z][a-z0-9_-]*$"
 _API_VERSION_RE = re.compile(r"^\d+\.\d+$")
+# RFC 9110 §5.1: a field name is a token; a value has no CR, LF, NUL or other controls but tab.
+_HEADER_NAME_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_HEADER_VALUE_BAD = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 # --------------------------------------------------------------------------- validators
@@ -223,6 +228,8 @@ class _AuthCommon(_Model):
     """Dotted path inside ``ext`` when ``placement`` is ``ext``."""
     refresh_fraction: float = Field(default=0.8, gt=0, le=1)
     """Refresh the token after this fraction of its lifetime."""
+    min_token_interval: float = Field(default=30.0, ge=0, allow_inf_nan=False)
+    """Seconds between two token requests at least (growing, jittered, after failures)."""
 
     derives_url: ClassVar[bool] = False
     """True when the auth kind yields the CometD URL itself (Salesforce ``instance_url``)."""
@@ -254,6 +261,8 @@ class OAuth2ClientCredentialsAuth(_AuthCommon):
     client_secret_file: SecretFile | None = None
     scope: str | None = None
     client_auth: Literal["body", "basic"] = "body"
+    default_lifetime: Annotated[PositiveFloat, Field(allow_inf_nan=False)] = 3600.0
+    """Seconds a token lives when the reply's ``expires_in`` is missing or not finite and > 0."""
 
 
 class OAuth2RefreshTokenAuth(_AuthCommon):
@@ -267,6 +276,8 @@ class OAuth2RefreshTokenAuth(_AuthCommon):
     client_secret_file: SecretFile | None = None
     refresh_token: SecretStr | None = None
     refresh_token_file: SecretFile | None = None
+    default_lifetime: Annotated[PositiveFloat, Field(allow_inf_nan=False)] = 3600.0
+    """Seconds a token lives when the reply's ``expires_in`` is missing or not finite and > 0."""
 
 
 class SalesforceJwtAuth(_AuthCommon):
@@ -284,8 +295,28 @@ class SalesforceJwtAuth(_AuthCommon):
     username: str
     private_key: SecretStr | None = None
     private_key_file: SecretFile | None = None
-    token_lifetime: PositiveFloat = 7200.0
+    token_lifetime: Annotated[PositiveFloat, Field(allow_inf_nan=False)] = 7200.0
     """Seconds; Salesforce's response has no ``expires_in``."""
+
+    @model_validator(mode="after")
+    def _key_parses(self) -> SalesforceJwtAuth:
+        # A key that does not parse is a configuration mistake: check-config must report it
+        # and run must exit 2, not fail at the first token request. cryptography is imported
+        # only here, when a salesforce_jwt endpoint is configured (it costs ~7 MB of RSS).
+        # Whichever validator ran first; "is None", as an empty SecretStr is falsy.
+        pem = self.private_key if self.private_key is not None else self.private_key_file
+        if pem is None:
+            return self  # _require_secrets reports it
+        from bridge.auth.jwt import load_private_key
+
+        try:
+            load_private_key(pem.get_secret_value())
+        except ValueError as exc:
+            # The message is ours and fixed: never any of the key material.
+            raise PydanticCustomError(
+                "private_key", "{reason}", {"reason": str(exc), "field": "private_key"}
+            ) from None
+        return self
 
 
 AuthSettings = Annotated[
@@ -340,12 +371,46 @@ class Endpoint(_Model):
     def _dedupe(cls, value: list[str]) -> list[str]:
         return list(dict.fromkeys(value))
 
+    @field_validator("headers")
+    @classmethod
+    def _check_headers(cls, value: dict[str, str]) -> dict[str, str]:
+        # Checked here, not by the HTTP library at the first request: there a bad header is a
+        # bare ValueError on every (re)connect and the endpoint restart-loops.
+        for name, header_value in value.items():
+            if not _HEADER_NAME_RE.fullmatch(name):
+                raise PydanticCustomError(
+                    "header_name",
+                    "header name {name} is not an HTTP token (letters, digits, !#$%&'*+-.^_`|~)",
+                    {"name": repr(name)[:80]},
+                )
+            if _HEADER_VALUE_BAD.search(header_value):
+                # The value may be a secret: named by its header, never shown.
+                raise PydanticCustomError(
+                    "header_value",
+                    "header {name}: the value contains CR, LF or another control character",
+                    {"name": name},
+                )
+        return value
+
     @field_validator("api_version")
     @classmethod
     def _check_api_version(cls, value: str) -> str:
         if not _API_VERSION_RE.match(value):
             raise PydanticCustomError("api_version", "must look like 62.0")
         return value
+
+    @model_validator(mode="after")
+    def _replay_needs_concrete_channels(self) -> Endpoint:
+        wildcards = [c for c in self.channels if c.endswith(("/*", "/**"))]
+        if self.replay != "off" and wildcards:
+            raise PydanticCustomError(
+                "replay_wildcard",
+                "replay {replay} needs concrete channels, but {channels} is a wildcard: "
+                "Salesforce has no wildcard subscriptions and replay positions are kept per "
+                "concrete channel; list the channels one by one or set replay off",
+                {"replay": self.replay, "channels": ", ".join(wildcards), "field": "replay"},
+            )
+        return self
 
     @model_validator(mode="after")
     def _url_or_derivable(self) -> Endpoint:
@@ -600,18 +665,19 @@ def _problems_from_json(env: Mapping[str, str]) -> list[tuple[str, str]]:
 
 # --------------------------------------------------------------------------- redaction
 
-_SENSITIVE_HEADER = re.compile(r"authorization|cookie|token|secret|key|password", re.IGNORECASE)
 MASK = "***"
 
 
 def mask_url(url: str) -> str:
-    """``scheme://user:pass@host`` -> ``scheme://user:***@host``; other URLs unchanged."""
+    """``scheme://user:pass@host`` -> ``scheme://user:***@host`` (a password may contain ``@``),
+    and secret query parameters (``?access_token=``, ``sig``, ...) masked; see
+    :func:`bridge.logging.redact_text`."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.netloc.rsplit("@", 1)[1]
-    return parts._replace(netloc=f"{user}:{MASK}@{host}").geturl()
+    if parts.password is not None:
+        user = parts.username or ""
+        host = parts.netloc.rsplit("@", 1)[1]
+        url = parts._replace(netloc=f"{user}:{MASK}@{host}").geturl()
+    return redact_text(url)
 
 
 def redacted_dump(settings: Settings) -> dict[str, Any]:
@@ -627,9 +693,11 @@ def _redact(value: Any, key: str = "") -> Any:
     if isinstance(value, SecretStr):
         return MASK
     if isinstance(value, dict):
+        # Configured header values are credentials more often than not (API keys, cookies,
+        # signatures under any name): every value is hidden, the names stay.
         in_headers = key == "headers"
         return {
-            k: (MASK if in_headers and _SENSITIVE_HEADER.search(str(k)) else _redact(v, str(k)))
+            k: (MASK if in_headers else _redact(v, str(k)))
             for k, v in value.items()
             if not (str(k).endswith("_file") and v is None)
         }

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import random
 import time
@@ -37,9 +38,11 @@ class Credential:
       ``refresh_jitter`` of it, so many bridges started together do not refresh in lockstep.
     - :meth:`invalidate` is for a token the server rejected: it fetches a new one unless another
       caller already did, so concurrent rejections cost one request.
-    - All token requests are single-flight; after a failure (or a freshly issued token rejected
-      again) the next request waits a jittered, exponentially growing delay, so neither a down
-      token endpoint nor a server that refuses every token can cause a hot loop.
+    - All token requests are single-flight, and two requests to a token endpoint are at least
+      ``min_interval`` apart (a static token costs no request and is exempt). After a failure (or
+      a freshly issued token rejected again) the next request waits a jittered, exponentially
+      growing delay starting from that interval, so neither a down token endpoint, nor a server
+      that refuses every token, nor one whose tokens expire on arrival can cause a hot loop.
     """
 
     def __init__(
@@ -51,6 +54,7 @@ class Credential:
         refresh_jitter: float = 0.1,
         backoff_initial: float = 1.0,
         backoff_max: float = 60.0,
+        min_interval: float = 30.0,
         hooks: AuthHooks | None = None,
         session: aiohttp.ClientSession | None = None,
         rng: Callable[[], float] = random.random,
@@ -61,12 +65,15 @@ class Credential:
             raise ValueError("refresh_jitter must be in [0, 1)")
         if not 0 < backoff_initial <= backoff_max:
             raise ValueError("need 0 < backoff_initial <= backoff_max")
+        if not 0 <= min_interval < float("inf"):
+            raise ValueError("min_interval must be a finite number >= 0")
         self.name = name
         self.source = source
         self.refresh_fraction = refresh_fraction
         self.refresh_jitter = refresh_jitter
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
+        self.min_interval = min_interval
         self._hooks: AuthHooks = hooks or NullAuthHooks()
         self._session = session
         self._own_session = session is None
@@ -74,6 +81,8 @@ class Credential:
         self._token: Token | None = None
         self._refresh_at: float | None = None  # wall clock, like Token.expires_at
         self._not_before = 0.0  # loop clock: no token request before this
+        self._last_request: float | None = None  # loop clock: when the last request started
+        self._last_digest: bytes | None = None  # of the last token issued: log only changes
         self._failures = 0  # consecutive failed token requests
         self._rejections = 0  # consecutive rejections of freshly issued tokens
         self._inflight: asyncio.Task[Token] | None = None
@@ -162,9 +171,25 @@ class Credential:
         return time.time() < token.expires_at - margin
 
     def _backoff(self, attempt: int) -> float:
-        """Jittered exponential delay for the ``attempt``-th consecutive failure (1-based)."""
-        ceiling = min(self.backoff_max, self.backoff_initial * 2.0 ** (attempt - 1))
+        """Jittered exponential delay for the ``attempt``-th consecutive failure (1-based).
+
+        It grows from the minimum interval (when that is larger), so bridges that failed
+        together spread out instead of retrying in lockstep every ``min_interval``.
+        """
+        base = max(self.backoff_initial, self._interval())
+        ceiling = min(max(self.backoff_max, base), base * 2.0 ** (attempt - 1))
         return ceiling / 2 + self._rng() * ceiling / 2
+
+    def _interval(self) -> float:
+        # The interval protects a token endpoint; a static token is not fetched from anywhere.
+        return self.min_interval if self.source.refreshable else 0.0
+
+    def _earliest_request(self) -> float:
+        """Loop time before which no token request may start (backoff, minimum interval)."""
+        earliest = self._not_before
+        if self._last_request is not None:
+            earliest = max(earliest, self._last_request + self._interval())
+        return earliest
 
     def _note_rejection(self, token: Token) -> None:
         # A token rejected soon after it was issued says "fetching again will not help soon"
@@ -201,16 +226,16 @@ class Credential:
     async def _attempt(self) -> Token:
         loop = asyncio.get_running_loop()
         try:
-            delay = self._not_before - loop.time()
+            delay = self._earliest_request() - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
+            self._last_request = loop.time()
             self.requests += 1
             try:
                 token = await self.source.fetch(self._get_session())
             except Exception as exc:
                 self._failures += 1
-                backoff = self._backoff(self._failures)
-                self._not_before = loop.time() + backoff
+                self._not_before = loop.time() + self._backoff(self._failures)
                 self._hooks.token_refreshed(self.name, "failure")
                 # str(exc) of our TokenErrors never carries secrets; other errors: type only.
                 reason = str(exc) if isinstance(exc, TokenError) else type(exc).__name__
@@ -219,7 +244,7 @@ class Credential:
                     self.name,
                     reason,
                     self._failures,
-                    backoff,
+                    self._earliest_request() - loop.time(),  # the backoff or the interval
                 )
                 if isinstance(exc, TokenError):
                     raise
@@ -230,15 +255,32 @@ class Credential:
             self._refresh_at = self._schedule(token)
             self._hooks.token_refreshed(self.name, "success")
             self._hooks.token_expiry(self.name, token.expires_at)
-            log.info(
-                "credential %s: new token (%s)",
-                self.name,
-                "no expiry" if token.lifetime is None else f"expires in {token.lifetime:.0f}s",
-            )
+            self._log_token(token)
             self._ensure_refresher()
             return token
         finally:
             self._inflight = None
+
+    def _log_token(self, token: Token) -> None:
+        lifetime = "no expiry" if token.lifetime is None else f"expires in {token.lifetime:.0f}s"
+        digest = hashlib.sha256(token.access_token.get_secret_value().encode()).digest()
+        if digest == self._last_digest:
+            # Endpoints that cache tokens answer with the same one: not news for the INFO log.
+            log.debug(
+                "credential %s: token endpoint returned the same token (%s)", self.name, lifetime
+            )
+        else:
+            self._last_digest = digest
+            log.info("credential %s: new token (%s)", self.name, lifetime)
+        interval = self._interval()
+        if token.lifetime is not None and token.lifetime < interval:
+            log.warning(
+                "credential %s: tokens live %.1fs, less than the %.0fs minimum between token "
+                "requests; the endpoint will be down part of the time",
+                self.name,
+                token.lifetime,
+                interval,
+            )
 
     def _schedule(self, token: Token) -> float | None:
         lifetime = token.lifetime

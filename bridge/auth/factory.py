@@ -70,6 +70,7 @@ def build_source(auth: AuthSettings, state_dir: Path | None = None) -> TokenSour
             _required(auth.client_secret, "client_secret"),
             scope=auth.scope,
             client_auth=auth.client_auth,
+            default_lifetime=auth.default_lifetime,
         )
     if isinstance(auth, OAuth2RefreshTokenAuth):
         return RefreshToken(
@@ -78,6 +79,7 @@ def build_source(auth: AuthSettings, state_dir: Path | None = None) -> TokenSour
             _required(auth.refresh_token, "refresh_token"),
             auth.client_secret,
             store=None if state_dir is None else refresh_token_store(auth, state_dir),
+            default_lifetime=auth.default_lifetime,
         )
     if isinstance(auth, SalesforceJwtAuth):
         return SalesforceJwt(
@@ -126,6 +128,7 @@ def credential_for(
             auth.name or endpoint_name,
             source,
             refresh_fraction=auth.refresh_fraction,
+            min_interval=auth.min_token_interval,
             hooks=hooks,
         )
 

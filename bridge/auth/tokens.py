@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +36,8 @@ __all__ = [
     "RefreshToken",
     "SalesforceJwt",
     "DEFAULT_TIMEOUT",
+    "MAX_RESPONSE_SIZE",
+    "MAX_LIFETIME",
 ]
 
 log = logging.getLogger(__name__)
@@ -40,6 +45,12 @@ log = logging.getLogger(__name__)
 #: Bounds every token request: a hanging token endpoint must not stall a re-handshake forever.
 DEFAULT_TIMEOUT = aiohttp.ClientTimeout(total=15, connect=5)
 JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+#: A token reply is a few hundred bytes (a few KB for a large JWT access token); anything past
+#: this is not a token reply, and reading it whole would let the endpoint exhaust our memory.
+MAX_RESPONSE_SIZE = 256 * 1024
+#: An ``expires_in`` above this (a year) is not a lifetime a token endpoint means: the default
+#: lifetime applies instead, so the token is still refreshed on a sane schedule.
+MAX_LIFETIME = 365 * 24 * 3600.0
 
 
 @dataclass(frozen=True, repr=False)
@@ -115,12 +126,30 @@ class StaticToken:
         return Token(self.token, issued_at=time.time(), expires_at=None)
 
 
+async def _read_capped(response: aiohttp.ClientResponse, url: str, limit: int) -> bytes:
+    """The whole body, or TokenEndpointUnavailable as soon as it is known to exceed ``limit``."""
+    declared = response.content_length
+    if declared is not None and declared > limit:
+        raise TokenEndpointUnavailable(
+            f"token endpoint {url} reply of {declared} bytes exceeds the {limit}-byte limit"
+        )
+    body = bytearray()
+    async for chunk in response.content.iter_chunked(64 * 1024):
+        body += chunk
+        if len(body) > limit:
+            raise TokenEndpointUnavailable(
+                f"token endpoint {url} reply exceeds the {limit}-byte limit"
+            )
+    return bytes(body)
+
+
 async def _post_token_request(
     session: aiohttp.ClientSession,
     url: str,
     form: dict[str, str],
     headers: dict[str, str] | None,
     client_timeout: aiohttp.ClientTimeout,
+    max_size: int = MAX_RESPONSE_SIZE,
 ) -> dict[str, Any]:
     """POST a form to a token endpoint; return the JSON reply or raise a TokenError."""
     try:
@@ -128,14 +157,15 @@ async def _post_token_request(
             url, data=form, headers=headers, timeout=client_timeout, allow_redirects=False
         ) as response:
             status = response.status
-            try:
-                body: Any = await response.json(content_type=None)
-            except ValueError:
-                body = None
+            raw = await _read_capped(response, url, max_size)
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise TokenEndpointUnavailable(
             f"token endpoint {url} unreachable: {type(exc).__name__}"
         ) from None
+    try:
+        body: Any = json.loads(raw)
+    except ValueError:  # UnicodeDecodeError included
+        body = None
     if status >= 500 or (status != 200 and not isinstance(body, dict)):
         raise TokenEndpointUnavailable(f"token endpoint {url} answered HTTP {status}")
     if not isinstance(body, dict):
@@ -152,15 +182,37 @@ async def _post_token_request(
     return body
 
 
-def _token_from_reply(body: dict[str, Any], default_lifetime: float | None) -> Token:
-    now = time.time()
-    lifetime: float | None = default_lifetime
-    expires_in = body.get("expires_in")
-    if expires_in is not None:
+def _lifetime(expires_in: Any, default: float | None, url: str) -> float | None:
+    """``expires_in`` as seconds if it is a finite, positive, plausible number, else ``default``.
+
+    A lifetime of 0, negative, NaN or infinite would make every token expire on arrival (a
+    token request per use) or never; the default keeps the refresh schedule sane.
+    """
+    if expires_in is None:
+        return default
+    lifetime: float | None = None
+    if not isinstance(expires_in, bool):  # JSON true is not a number of seconds
         try:
-            lifetime = float(expires_in)
-        except (TypeError, ValueError):
-            lifetime = default_lifetime
+            lifetime = float(expires_in)  # some endpoints send "3599" as a string
+        except (TypeError, ValueError, OverflowError):
+            lifetime = None
+    if lifetime is not None and math.isfinite(lifetime) and 0 < lifetime <= MAX_LIFETIME:
+        return lifetime
+    shown = repr(expires_in)[:40]  # a number or a short word, never the token
+    log.warning(
+        "token endpoint %s answered expires_in=%s, not a finite positive lifetime of at most "
+        "%.0fs; using the default lifetime (%s)",
+        url,
+        shown,
+        MAX_LIFETIME,
+        "until rejected" if default is None else f"{default:.0f}s",
+    )
+    return default
+
+
+def _token_from_reply(body: dict[str, Any], default_lifetime: float | None, url: str) -> Token:
+    now = time.time()
+    lifetime = _lifetime(body.get("expires_in"), default_lifetime, url)
     instance_url = body.get("instance_url")
     return Token(
         SecretStr(body["access_token"]),
@@ -220,7 +272,7 @@ class ClientCredentials:
             form["client_id"] = self.client_id
             form["client_secret"] = self.client_secret.get_secret_value()
         body = await _post_token_request(session, self.token_url, form, headers, self.timeout)
-        return _token_from_reply(body, self.default_lifetime)
+        return _token_from_reply(body, self.default_lifetime, self.token_url)
 
 
 class RefreshToken:
@@ -269,15 +321,28 @@ class RefreshToken:
 
     def _save(self, refresh_token: str) -> None:
         assert self.store is not None
-        self.store.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.store.with_name(self.store.name + ".tmp")
+        directory = self.store.parent
+        directory.mkdir(parents=True, exist_ok=True)
         data = json.dumps({"configured": self._configured_digest, "refresh_token": refresh_token})
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.store)
+        # A fresh name per write (O_EXCL, mode 0600): two writers never share a half-written
+        # file, and a planted ".tmp" (a symlink) cannot redirect the secret elsewhere.
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.store.name}.", suffix=".tmp", dir=directory)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.store)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        # The rename is durable only once the directory entry is on disk.
+        dir_fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
 
     @property
     def refreshable(self) -> bool:
@@ -313,7 +378,7 @@ class RefreshToken:
                         self.store,
                         exc.strerror or type(exc).__name__,
                     )
-        return _token_from_reply(body, self.default_lifetime)
+        return _token_from_reply(body, self.default_lifetime, self.token_url)
 
 
 class SalesforceJwt:
@@ -381,4 +446,4 @@ class SalesforceJwt:
     async def fetch(self, session: aiohttp.ClientSession) -> Token:
         form = {"grant_type": JWT_BEARER_GRANT, "assertion": self.assertion()}
         body = await _post_token_request(session, self.token_url, form, None, self.timeout)
-        return _token_from_reply(body, self.token_lifetime)
+        return _token_from_reply(body, self.token_lifetime, self.token_url)

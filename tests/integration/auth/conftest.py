@@ -45,6 +45,8 @@ async def make_credential() -> AsyncIterator[MakeCredential]:
     made: list[Credential] = []
 
     def make(source: TokenSource, name: str = "test", **options: object) -> Credential:
+        # Test tokens live seconds, not hours: a short minimum interval unless a test sets one.
+        options.setdefault("min_interval", 0.1)
         credential = Credential(name, source, **options)  # type: ignore[arg-type]
         made.append(credential)
         return credential

@@ -40,7 +40,7 @@ async def auth(token_server: TokenServer) -> AsyncIterator[TokenAuthExtension]:
         token_server.token_url, token_server.client_id, token_server.client_secret
     )
     token_server.lifetime = 600.0  # only failures, never the timer, may trigger a request
-    credential = Credential("fake", source, backoff_initial=0.2, backoff_max=0.5)
+    credential = Credential("fake", source, backoff_initial=0.2, backoff_max=0.5, min_interval=0.1)
     yield TokenAuthExtension(credential)
     await credential.aclose()
 

@@ -10,6 +10,8 @@ issued (several at once, as a real resource server would).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import math
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -18,6 +20,7 @@ import pytest
 
 from bridge.auth import ClientCredentials, Credential, Placement, TokenAuthExtension
 from bridge.cometd import Client, ConnectionType, events
+from bridge.cometd.exceptions import ServerError
 from tests.fixtures.servers import SERVERS_DIR, NodeBayeuxServer
 from tests.integration.auth.recording import Events
 from tests.integration.auth.token_server import TokenServer
@@ -70,7 +73,10 @@ async def credential(token_server: TokenServer) -> AsyncIterator[Credential]:
     source = ClientCredentials(
         token_server.token_url, token_server.client_id, token_server.client_secret
     )
-    credential = Credential("stream", source, backoff_initial=0.2, backoff_max=0.5)
+    # Tokens live 2 s here; the minimum interval stays well below the refresh point.
+    credential = Credential(
+        "stream", source, backoff_initial=0.2, backoff_max=0.5, min_interval=0.5
+    )
     yield credential
     await credential.aclose()
 
@@ -178,3 +184,81 @@ async def test_revoked_token_refreshes_once_then_fresh_handshake(
     assert reasons == ["auth"]
     # Exactly one token request, for the rejection.
     assert token_server.requests - requests_before == 1
+
+
+@pytest.fixture
+async def cometd_hmac(
+    node_server_factory: Callable[..., NodeBayeuxServer],
+    token_server: TokenServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> NodeBayeuxServer:
+    monkeypatch.setenv("NODE_OPTIONS", f"--require {SERVERS_DIR / 'auth_ttl.js'}")
+    server = await asyncio.to_thread(node_server_factory, "cometd", connection_type="long-polling")
+    await control(server, "POST", "auth", {"mode": "hmac", "key": token_server.hmac_key.hex()})
+    return server
+
+
+async def test_token_endpoint_claiming_zero_lifetime_streams_on_one_token(
+    cometd_hmac: NodeBayeuxServer, token_server: TokenServer
+) -> None:
+    """expires_in 0 (the token really lives a minute): one token request for the whole stream,
+    not one per message exchange."""
+    token_server.lifetime = 60.0
+    token_server.expires_in = 0
+    source = ClientCredentials(
+        token_server.token_url, token_server.client_id, token_server.client_secret
+    )
+    credential = Credential("zero", source, min_interval=0.5)
+    try:
+        async with Client(
+            cometd_hmac.url, ConnectionType.LONG_POLLING, auth=TokenAuthExtension(credential)
+        ) as client:
+            await client.subscribe(CHANNEL)
+            published = await cometd_hmac.publish(CHANNEL, 300, rate=150)
+            seqs = await receive_seqs(client, 300)
+    finally:
+        await credential.aclose()
+    assert seqs == list(range(published["first_seq"], published["last_seq"] + 1))
+    assert token_server.requests == 1, f"{token_server.requests} token requests"
+
+
+async def test_server_rejecting_every_fresh_token_gets_a_bounded_request_rate(
+    cometd_hmac: NodeBayeuxServer, token_server: TokenServer
+) -> None:
+    """The resource server rejects every token on arrival (401 on each handshake, e.g. a key
+    mismatch): token requests stay at most one per minimum interval over the window."""
+    await control(cometd_hmac, "POST", "auth", {"mode": "hmac", "key": "00" * 16})
+    source = ClientCredentials(
+        token_server.token_url, token_server.client_id, token_server.client_secret
+    )
+    interval, window = 0.5, 3.0
+    credential = Credential("refused", source, min_interval=interval, backoff_initial=0.1)
+    auth = TokenAuthExtension(credential)
+    recorded = Events()
+    opens = 0
+
+    async def open_until_it_works() -> None:
+        # What a supervisor restarting the endpoint as fast as it can would do.
+        nonlocal opens
+        while True:
+            opens += 1
+            with contextlib.suppress(ServerError):
+                async with Client(
+                    cometd_hmac.url, ConnectionType.LONG_POLLING, auth=auth, listener=recorded
+                ):
+                    pass
+
+    task = asyncio.create_task(open_until_it_works())
+    try:
+        await recorded.wait_for(lambda: recorded.count(events.AuthFailed) >= 1)
+        first = token_server.requests
+        await asyncio.sleep(window)  # the counting window, not synchronisation
+        during = token_server.requests - first
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await credential.aclose()
+    assert opens >= 2, "the client did not retry"
+    assert during <= math.ceil(window / interval) + 1, f"{during} token requests in {window}s"
+    stats = await cometd_hmac.stats()
+    assert stats["auth"]["rejected"] >= 1

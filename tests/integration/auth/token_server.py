@@ -8,7 +8,10 @@ the public key; the reply has ``instance_url`` and no ``expires_in``, like Sales
 Access tokens are self-describing, ``<n>.<expires_ms>.<hmac>``, signed with ``hmac_key``, so a
 CometD server can check them without asking us (tests/servers/auth_ttl.js). Faults are scripted:
 ``fail_with`` makes the next requests fail (503, ``invalid_client``, ...); ``hold`` keeps requests
-waiting until released, to line up concurrent callers deterministically.
+waiting until released, to line up concurrent callers deterministically. Misbehaviour of the reply
+itself: ``expires_in`` (what the reply claims, whatever the token's real lifetime), ``same_token``
+(the last token again, as caching endpoints do) and ``padding`` (an oversized reply, optionally
+``chunked`` so no Content-Length announces it).
 """
 
 from __future__ import annotations
@@ -56,6 +59,12 @@ class TokenServer:
     jwt_username: str = "integration@example.com"
     instance_url: str = "https://example.my.salesforce.test"
     hmac_key: bytes = field(default_factory=lambda: secrets.token_bytes(16))
+    #: When set, the reply's ``expires_in`` (any JSON value: 0, -5, "soon", NaN...), while the
+    #: token itself lives ``lifetime`` seconds.
+    expires_in: Any = None
+    same_token: bool = False
+    padding: int = 0
+    chunked: bool = False
 
     url: str = ""
     requests: int = 0
@@ -144,6 +153,8 @@ class TokenServer:
     # -- the endpoint -------------------------------------------------------------------------
 
     def _issue(self, grant: str, lifetime: float | None) -> Issued:
+        if self.same_token and self.issued:
+            return self.issued[-1]
         n = len(self.issued) + 1
         now = time.time()
         expires_at = None if lifetime is None else now + lifetime
@@ -170,7 +181,7 @@ class TokenServer:
             client_id, secret = form.get("client_id", ""), form.get("client_secret", "")
         return client_id == self.client_id and secret == self.client_secret
 
-    async def _token(self, request: web.Request) -> web.Response:
+    async def _token(self, request: web.Request) -> web.StreamResponse:
         self.requests += 1
         form = {k: str(v) for k, v in (await request.post()).items()}
         self.last_form = form
@@ -194,7 +205,7 @@ class TokenServer:
             if not self._client_ok(form, self.last_headers):
                 return self._error(401, "invalid_client", "bad client credentials")
             issued = self._issue(grant, self.lifetime)
-            return self._reply(issued, scope=form.get("scope"))
+            return await self._reply(request, issued, scope=form.get("scope"))
         if grant == "refresh_token":
             if form.get("client_id") != self.client_id:
                 return self._error(401, "invalid_client")
@@ -208,7 +219,7 @@ class TokenServer:
                 rotated = f"r3fresh-token-{len(self.issued)}"
                 self._valid_refresh.add(rotated)
                 extra["refresh_token"] = rotated
-            return self._reply(issued, **extra)
+            return await self._reply(request, issued, **extra)
         if grant == JWT_BEARER_GRANT:
             problem = self._check_assertion(form.get("assertion", ""))
             if problem:
@@ -226,11 +237,27 @@ class TokenServer:
             return web.json_response(body)
         return self._error(400, "unsupported_grant_type")
 
-    def _reply(self, issued: Issued, **extra: Any) -> web.Response:
+    async def _reply(
+        self, request: web.Request, issued: Issued, **extra: Any
+    ) -> web.StreamResponse:
         body: dict[str, Any] = {"access_token": issued.token, "token_type": "Bearer", **extra}
         if issued.expires_at is not None:
             body["expires_in"] = self.lifetime
-        return web.json_response({k: v for k, v in body.items() if v is not None})
+        if self.expires_in is not None:
+            body["expires_in"] = self.expires_in
+        if self.padding:
+            body["padding"] = "x" * self.padding
+        text = json.dumps({k: v for k, v in body.items() if v is not None})  # NaN allowed
+        if not self.chunked:
+            return web.Response(text=text, content_type="application/json")
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        data = text.encode()
+        for start in range(0, len(data), 64 * 1024):
+            await response.write(data[start : start + 64 * 1024])
+        await response.write_eof()
+        return response
 
     def _check_assertion(self, assertion: str) -> str | None:
         """Verify an RS256 JWT bearer assertion; return what is wrong with it, or None."""

@@ -51,7 +51,8 @@ async def source() -> ScriptedSource:
 
 @pytest.fixture
 async def credential(source: ScriptedSource) -> AsyncIterator[Credential]:
-    credential = Credential("unit", source, backoff_initial=0.1, backoff_max=0.2)
+    # No minimum interval: these tests are about single-flight and backoff alone.
+    credential = Credential("unit", source, backoff_initial=0.1, backoff_max=0.2, min_interval=0.0)
     yield credential
     await credential.aclose()
 
@@ -176,7 +177,7 @@ async def test_closed_credential_refuses(source: ScriptedSource) -> None:
 async def test_proactive_refresh_timer(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
     source = ScriptedSource(lifetime=0.5)
-    credential = Credential("timer", source, refresh_fraction=0.5)
+    credential = Credential("timer", source, refresh_fraction=0.5, min_interval=0.0)
     try:
         await credential.get()
         source.started.clear()

@@ -143,7 +143,74 @@ def test_reconfiguring_replaces_the_handler() -> None:
         ("http://h/path?a=b", "http://h/path?a=b"),
         ("no url here", "no url here"),
         ("bearer abc.def-ghi=", "bearer ***"),
+        # A password may contain "@": everything up to the last one before the host is hidden.
+        ("amqp://u:p@ss@host/", "amqp://u:***@host/"),
+        (
+            "connecting to amqp://u:p@s@s@h:5672/vh failed",
+            "connecting to amqp://u:***@h:5672/vh failed",
+        ),
+        # Secrets in query strings, whatever the spelling.
+        ("https://h/c?access_token=abc&x=1", "https://h/c?access_token=***&x=1"),
+        ("https://h/c?x=1&token=abc#f", "https://h/c?x=1&token=***#f"),
+        ("https://h/c?sessionid=abc", "https://h/c?sessionid=***"),
+        ("https://h/c?sessionId=abc;", "https://h/c?sessionId=***;"),
+        (
+            "https://h/t?client_secret=abc&clientSecret=def",
+            "https://h/t?client_secret=***&clientSecret=***",
+        ),
+        ("https://h/t?password=abc", "https://h/t?password=***"),
+        ("https://blob/x?sv=1&sig=abc%2Bdef", "https://blob/x?sv=1&sig=***"),
+        ("https://h/?accessToken=abc", "https://h/?accessToken=***"),
+        ("https://h/?x_api_key=abc", "https://h/?x_api_key=***"),
+        (
+            "grant_type=refresh_token&refresh_token=abc",
+            "grant_type=refresh_token&refresh_token=***",
+        ),
+        ("https://h/c?page=2&sort=asc", "https://h/c?page=2&sort=asc"),
+        # A JSON body echoed in an error message.
+        ('reply {"accessToken": "abc", "n": "1"}', 'reply {"accessToken": "***", "n": "1"}'),
     ],
 )
 def test_redact_text(text: str, expected: str) -> None:
     assert redact_text(text) == expected
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_camel_case_keys_headers_and_query_strings_in_log_fields() -> None:
+    out = io.StringIO()
+    configure_logging("INFO", "json", stream=out)
+    log = structlog.get_logger("bridge.test")
+    log.info(
+        "reply",
+        accessToken=SECRET,
+        body={"sessionId": SECRET, "refreshToken": SECRET, "clientSecret": SECRET, "n": 1},
+        headers={"X-Custom": SECRET, "Accept": "application/json"},
+        request={"headers": {"X-Signed": SECRET}, "url": f"https://h/c?access_token={SECRET}"},
+        amqp=f"amqp://bridge:p@ss-{SECRET}@rabbit/",
+    )
+    text = out.getvalue()
+    assert SECRET not in text
+    assert "ss-" not in text
+    (line,) = json_lines(out)
+    assert line["accessToken"] == "***"
+    assert line["body"] == {
+        "sessionId": "***",
+        "refreshToken": "***",
+        "clientSecret": "***",
+        "n": 1,
+    }
+    assert line["headers"] == {"X-Custom": "***", "Accept": "***"}
+    assert line["request"]["url"] == "https://h/c?access_token=***"
+    assert line["amqp"] == "amqp://bridge:***@rabbit/"
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_stdlib_messages_with_query_secrets_are_redacted() -> None:
+    out = io.StringIO()
+    configure_logging("INFO", "json", stream=out)
+    logging.getLogger("aiohttp.client").warning(
+        "GET %s failed", f"https://cometd.example/cometd?sessionid={SECRET}&x=1"
+    )
+    assert SECRET not in out.getvalue()
+    (line,) = json_lines(out)
+    assert line["event"] == "GET https://cometd.example/cometd?sessionid=***&x=1 failed"

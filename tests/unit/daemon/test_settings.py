@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -126,9 +128,22 @@ def test_replay_aliases(given: Any, expected: str) -> None:
     assert load(endpoints(replay=given)).endpoints["orders"].replay == expected
 
 
-def test_salesforce_jwt_derives_the_url(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def rsa_pem() -> str:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+
+
+def test_salesforce_jwt_derives_the_url(tmp_path: Path, rsa_pem: str) -> None:
     key = tmp_path / "key.pem"
-    key.write_text("-----BEGIN PRIVATE KEY-----\nabc\n-----END PRIVATE KEY-----\n")
+    key.write_text(rsa_pem)
     auth = {
         "kind": "salesforce_jwt",
         "client_id": "c",
@@ -417,5 +432,171 @@ def test_redacted_dump_hides_every_secret() -> None:
     assert auth["client_secret"] == "***"
     assert auth["refresh_token"] == "***"
     assert auth["token_url"] == "https://user:***@auth.example.com/token"
-    assert dump["endpoints"]["orders"]["headers"] == {"Authorization": "***", "X-Trace": "on"}
+    # Every configured header value is hidden, whatever the header is called.
+    assert dump["endpoints"]["orders"]["headers"] == {"Authorization": "***", "X-Trace": "***"}
     assert dump["state_dir"] == "state"
+
+
+def test_redacted_dump_hides_query_secrets_header_values_and_at_passwords() -> None:
+    env = endpoints(
+        url=f"{URL}?access_token={SECRET}&api=62",
+        auth={
+            "kind": "oauth2_client_credentials",
+            "token_url": f"https://auth.example.com/token?clientSecret={SECRET}",
+            "client_id": "cid",
+            "client_secret": SECRET,
+        },
+        headers={"X-Custom": SECRET, "X-Signed": f"sig={SECRET}"},
+    ) | {"BRIDGE_AMQP_URL": f"amqp://bridge:p@ss-{SECRET}@rabbit:5672/"}
+    dump = redacted_dump(load(env))
+    text = json.dumps(dump)
+    assert SECRET not in text
+    assert "ss-" not in text
+    assert dump["amqp_url"] == "amqp://bridge:***@rabbit:5672/"
+    orders = dump["endpoints"]["orders"]
+    assert orders["url"] == f"{URL}?access_token=***&api=62"
+    assert orders["headers"] == {"X-Custom": "***", "X-Signed": "***"}
+
+
+# --------------------------------------------------------------------------- refused combos
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("X-Trace", f"{SECRET}\r\nX-Injected: 1"),
+        ("X-Trace", f"{SECRET}\n"),
+        ("X-Trace", f"a\x00{SECRET}"),
+    ],
+)
+def test_header_value_with_control_characters_is_refused(name: str, value: str) -> None:
+    var, reason = only_problem(endpoints(headers={name: value}))
+    assert var == "BRIDGE_ENDPOINTS"
+    assert "headers" in reason
+    assert "X-Trace" in reason
+    assert "CR, LF" in reason
+
+
+@pytest.mark.parametrize("name", ["X Trace", "X-Trace:", "X-Trace\r\n", "", "Ünicode"])
+def test_header_name_that_is_not_a_token_is_refused(name: str) -> None:
+    var, reason = only_problem(endpoints(headers={name: "v"}))
+    assert var == "BRIDGE_ENDPOINTS"
+    assert "not an HTTP token" in reason
+
+
+def test_header_problem_names_the_nested_variable() -> None:
+    env = endpoints() | {"BRIDGE_ENDPOINTS__ORDERS__HEADERS": json.dumps({"X-A": "a\rb"})}
+    var, reason = only_problem(env)
+    assert var == "BRIDGE_ENDPOINTS__ORDERS__HEADERS"
+    assert "X-A" in reason
+
+
+def test_tab_and_visible_characters_in_header_values_are_fine() -> None:
+    headers = {"X-Trace": "a\tb ;=,\"'~", "X_Under.score!": "1"}
+    assert load(endpoints(headers=headers)).endpoints["orders"].headers == headers
+
+
+@pytest.mark.parametrize("replay", ["new", "all", "stored", "-1", "-2"])
+@pytest.mark.parametrize("channel", ["/event/*", "/**", "/data/**"])
+def test_replay_with_a_wildcard_channel_is_refused(replay: str, channel: str) -> None:
+    var, reason = only_problem(endpoints(replay=replay, channels=["/event/A__e", channel]))
+    assert var == "BRIDGE_ENDPOINTS"
+    assert channel in reason
+    assert "wildcard" in reason
+    assert "replay" in reason
+
+
+def test_replay_wildcard_names_the_replay_variable() -> None:
+    env = endpoints(channels=["/event/*"]) | {"BRIDGE_ENDPOINTS__ORDERS__REPLAY": "stored"}
+    var, reason = only_problem(env)
+    assert var == "BRIDGE_ENDPOINTS__ORDERS__REPLAY"
+    assert "/event/*" in reason
+
+
+def test_wildcards_without_replay_are_fine() -> None:
+    ep = load(endpoints(channels=["/event/*", "/**"])).endpoints["orders"]
+    assert ep.channels == ["/event/*", "/**"]
+
+
+def sf_endpoint(**auth: Any) -> dict[str, str]:
+    base = {"kind": "salesforce_jwt", "client_id": "c", "username": "u@x"}
+    return {"BRIDGE_ENDPOINTS": json.dumps({"sf": {"channels": ["/event/A"], "auth": base | auth}})}
+
+
+@pytest.mark.parametrize(
+    "pem",
+    [
+        f"-----BEGIN PRIVATE KEY-----\n{SECRET}\n-----END PRIVATE KEY-----\n",
+        SECRET,
+        "",
+    ],
+)
+def test_salesforce_key_that_does_not_parse_is_a_config_error(pem: str, tmp_path: Path) -> None:
+    var, reason = only_problem(sf_endpoint(private_key=pem or " "))
+    assert var == "BRIDGE_ENDPOINTS"
+    assert "private_key" in reason
+    assert "not an unencrypted PEM private key" in reason
+
+    key = tmp_path / "key.pem"
+    key.write_text(pem)
+    var, reason = only_problem(sf_endpoint(private_key_file=str(key)))
+    assert "private_key" in reason
+
+
+def test_salesforce_key_that_is_not_rsa_is_a_config_error() -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    pem = (
+        ec.generate_private_key(ec.SECP256R1())
+        .private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        .decode()
+    )
+    _, reason = only_problem(sf_endpoint(private_key=pem))
+    assert "RSA" in reason
+
+
+def test_cryptography_is_imported_only_for_salesforce_jwt(rsa_pem: str) -> None:
+    """Loading settings without a salesforce_jwt endpoint must not pull in cryptography."""
+    code = (
+        "import json, sys\n"
+        "from bridge.settings import load_settings\n"
+        "env = {'BRIDGE_ENDPOINTS': json.dumps({'o': {'url': 'https://h/c', 'channels': ['/a'],"
+        " 'auth': {'kind': 'oauth2_client_credentials', 'token_url': 'https://h/t',"
+        " 'client_id': 'c', 'client_secret': 's'}}})}\n"
+        "load_settings(env, secrets_dir=None)\n"
+        "print('cryptography' in sys.modules)\n"
+        "env['BRIDGE_ENDPOINTS'] = json.dumps({'s': {'channels': ['/a'], 'auth': {"
+        "'kind': 'salesforce_jwt', 'client_id': 'c', 'username': 'u',"
+        " 'private_key': sys.argv[1]}}})\n"
+        "load_settings(env, secrets_dir=None)\n"
+        "print('cryptography' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, rsa_pem], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out == ["False", "True"]
+
+
+def test_token_request_settings() -> None:
+    auth = {
+        "kind": "oauth2_client_credentials",
+        "token_url": "https://auth.example.com/token",
+        "client_id": "cid",
+        "client_secret": SECRET,
+    }
+    ep = load(endpoints(auth=auth)).endpoints["orders"]
+    assert isinstance(ep.auth, OAuth2ClientCredentialsAuth)
+    assert ep.auth.min_token_interval == 30.0
+    assert ep.auth.default_lifetime == 3600.0
+    tuned = auth | {"min_token_interval": 0.5, "default_lifetime": 60}
+    ep = load(endpoints(auth=tuned)).endpoints["orders"]
+    assert isinstance(ep.auth, OAuth2ClientCredentialsAuth)
+    assert (ep.auth.min_token_interval, ep.auth.default_lifetime) == (0.5, 60.0)
+    for bad in ({"min_token_interval": -1}, {"default_lifetime": 0}, {"default_lifetime": "inf"}):
+        var, _ = only_problem(endpoints(auth=auth | bad))
+        assert var == "BRIDGE_ENDPOINTS"
