@@ -94,10 +94,10 @@ async def aio_pika_pipelined(conn: aio_pika.abc.AbstractRobustConnection, msgs: 
 
 
 async def bridge_publisher(conn: aio_pika.abc.AbstractRobustConnection, msgs: list[Msg]) -> None:
-    """bridge.amqp.EndpointPublisher with the completion callback API."""
-    from bridge.amqp import EndpointPublisher
+    """bridge.amqp.AmqpSink with the completion callback API."""
+    from bridge.amqp import AmqpSink
 
-    pub = EndpointPublisher(conn, "bench", max_inflight=WINDOW, publish_timeout=30)
+    pub = AmqpSink(conn, "bench", max_inflight=WINDOW, publish_timeout=30)
     await pub.start()
     left = len(msgs)
     done = asyncio.get_running_loop().create_future()
@@ -117,10 +117,10 @@ async def bridge_publisher(conn: aio_pika.abc.AbstractRobustConnection, msgs: li
 async def bridge_publisher_futures(
     conn: aio_pika.abc.AbstractRobustConnection, msgs: list[Msg]
 ) -> None:
-    """bridge.amqp.EndpointPublisher with one future per message (publish())."""
-    from bridge.amqp import EndpointPublisher
+    """bridge.amqp.AmqpSink with one future per message (publish())."""
+    from bridge.amqp import AmqpSink
 
-    pub = EndpointPublisher(conn, "bench", max_inflight=WINDOW, publish_timeout=30)
+    pub = AmqpSink(conn, "bench", max_inflight=WINDOW, publish_timeout=30)
     await pub.start()
     await asyncio.gather(*(pub.publish(m) for m in msgs))
     await pub.close(5)

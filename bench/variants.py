@@ -127,11 +127,11 @@ async def publish_only(args: argparse.Namespace) -> None:
 
 
 async def publish_only_bridge(args: argparse.Namespace) -> None:
-    from bridge.amqp import EndpointPublisher
+    from bridge.amqp import AmqpSink
     from bridge.routing import Router
 
     conn = await aio_pika.connect_robust(args.amqp)
-    publisher = EndpointPublisher(conn, "bench", max_inflight=WINDOW, publish_timeout=30)
+    publisher = AmqpSink(conn, "bench", max_inflight=WINDOW, publish_timeout=30)
     await publisher.start()
     router = Router("bench", args.exchange)
     pad = "x" * args.size

@@ -15,8 +15,9 @@ from collections.abc import Sequence
 
 import structlog
 
-from bridge import __version__, positions_cli
+from bridge import __version__
 from bridge.logging import configure_logging
+from bridge.positions import cli as positions_cli
 from bridge.settings import ConfigError, Settings, load_settings, redacted_dump, unknown_variables
 
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 
 if TYPE_CHECKING:
+    from bridge.cometd.ext.ack import AckTag
     from bridge.settings import Endpoint
 
 __all__ = [
@@ -91,6 +92,10 @@ class RoutedMessage:
     """Receive time, unix seconds."""
     channel: str
     replay_id: int | str | None
+    ack_tag: AckTag | None = None
+    """The source's acknowledgement correlation, handed back to it once the sink settled."""
+    event_time: str | None = None
+    """The event's own timestamp as the server wrote it (kept with the stored position)."""
 
 
 def dotted_channel(channel: str) -> str:
@@ -202,9 +207,17 @@ class Router:
             self._cache[channel] = key
         return key
 
-    def route(self, message: Mapping[str, Any], received_at: float | None = None) -> RoutedMessage:
+    def route(
+        self,
+        message: Mapping[str, Any],
+        received_at: float | None = None,
+        *,
+        ack_tag: AckTag | None = None,
+        event_time: str | None = None,
+    ) -> RoutedMessage:
         """Build the AMQP message for a CometD data message received at ``received_at``
-        (unix seconds; default now). Raises :class:`RoutingError` for a non-data message."""
+        (unix seconds; default now), carrying ``ack_tag`` and ``event_time`` to its settlement.
+        Raises :class:`RoutingError` for a non-data message."""
         channel = message.get("channel")
         if not isinstance(channel, str) or "data" not in message:
             raise RoutingError("not a CometD data message (needs channel and data)")
@@ -235,4 +248,6 @@ class Router:
             timestamp=time.time() if received_at is None else received_at,
             channel=channel,
             replay_id=replay_id,
+            ack_tag=ack_tag,
+            event_time=event_time,
         )

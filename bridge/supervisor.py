@@ -5,7 +5,7 @@ each endpoint's auth (a configuration error such as a private key that does not 
 → AMQP connection (retried with backoff until the broker answers) → exchanges declared
 and publishing channels opened (broker-side errors, e.g. an exchange that exists with another
 type or a connection lost mid-declare, retried with backoff while ``/readyz`` says why) → one
-:class:`~bridge.endpoint.EndpointWorker` per endpoint. An endpoint that fails restarts itself
+:class:`~bridge.pipeline.worker.EndpointWorker` per endpoint. An endpoint that fails restarts itself
 with backoff and never takes the others down; one that cannot start is marked failed.
 
 Shutdown (SIGTERM/SIGINT or :meth:`Supervisor.stop`): readiness goes false, every worker stops
@@ -14,7 +14,7 @@ fetching and hands its received messages to the publisher, confirms are awaited 
 replay positions (what the broker confirmed) are written, and the AMQP connection closes.
 
 Replay gaps are published as JSON records to ``control_exchange`` (a durable topic exchange,
-routing key ``replay_gap.<endpoint>``) on a channel of their own.
+routing key ``replay_gap.<endpoint>``) through a sink of their own.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import json
 import os
 import platform
 import random
@@ -34,22 +33,23 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import aio_pika
-import aio_pika.abc
 import structlog
 from aiohttp import web
 
 from bridge import __version__
-from bridge.amqp import AmqpPublisher, EndpointPublisher
+from bridge.amqp import AmqpConnection
 from bridge.auth import CredentialRegistry, PrometheusAuthHooks, extension_for
 from bridge.auth.extension import TokenAuthExtension
 from bridge.auth.factory import resolve_endpoint_url
-from bridge.endpoint import EndpointWorker, PublisherMetricsHooks
 from bridge.http import start_http_server
 from bridge.metrics import Metrics
+from bridge.pipeline.gaps import GapRecords
+from bridge.pipeline.sink import Sink
+from bridge.pipeline.status import PublisherMetricsHooks
+from bridge.pipeline.worker import EndpointWorker
 from bridge.positions import PositionKeeper, PositionStore
+from bridge.positions.lock import StateDirLock, StateDirLocked
 from bridge.settings import Settings
-from bridge.state_lock import StateDirLock, StateDirLocked
 
 
 __all__ = ["StartupRefused", "Supervisor"]
@@ -72,7 +72,7 @@ class Supervisor:
         self.settings = settings
         self.metrics = metrics if metrics is not None else Metrics(version=__version__)
         self.workers: dict[str, EndpointWorker] = {}
-        self._publisher = AmqpPublisher(
+        self._amqp = AmqpConnection(
             settings.amqp_url.get_secret_value(),
             connection_name=f"cometd-bridge/{socket.gethostname()}/{os.getpid()}",
             publish_timeout=settings.publish_timeout,
@@ -88,9 +88,7 @@ class Supervisor:
         self._started_at = time.time()
         self._http: web.AppRunner | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._control_channel: aio_pika.abc.AbstractChannel | None = None
-        self._control: aio_pika.abc.AbstractExchange | None = None
-        self._control_lock = asyncio.Lock()
+        self._gap_records: GapRecords | None = None
         self.unconfirmed_at_exit = 0
         self._state_lock = StateDirLock(settings.state_dir)
         # Why the endpoints are not started yet (a broker-side error being retried), for /readyz.
@@ -101,7 +99,7 @@ class Supervisor:
     def ready(self) -> tuple[bool, str]:
         if self._stopping:
             return False, "shutting down"
-        if not self._publisher.connected:
+        if not self._amqp.connected:
             return False, "AMQP connection down"
         down = sorted(name for name, w in self.workers.items() if not w.up)
         if not self.workers:
@@ -119,7 +117,7 @@ class Supervisor:
         return {
             "version": __version__,
             "uptime_seconds": now - self._started_at,
-            "amqp_connected": self._publisher.connected,
+            "amqp_connected": self._amqp.connected,
             "ready": self.ready()[0],
             "startup_error": self._startup_error,
             "endpoints": {name: w.status_dict(now) for name, w in self.workers.items()},
@@ -206,7 +204,7 @@ class Supervisor:
         attempt = 0
         while not self._stop.is_set():
             try:
-                await self._publisher.start()
+                await self._amqp.start()
                 log.info("AMQP connected")
                 return True
             except Exception as exc:  # broker down at start: keep trying, /readyz says why
@@ -221,8 +219,8 @@ class Supervisor:
     async def _start_workers(self, auths: Mapping[str, TokenAuthExtension | None]) -> bool:
         """Start every endpoint; False if stopped before the broker accepted the topology."""
         s = self.settings
-        publishers = await self._open_publishers()
-        if publishers is None:
+        sinks = await self._open_sinks()
+        if sinks is None:
             return False
         store = PositionStore(s.state_dir)
         for name, ep in s.endpoints.items():
@@ -239,13 +237,13 @@ class Supervisor:
             worker = EndpointWorker(
                 name,
                 ep,
-                publisher=publishers[name],
+                sink=sinks[name],
                 metrics=self.metrics.endpoint(name),
                 auth=auth,
                 url=ep.url,
                 url_resolver=partial(resolve_endpoint_url, ep, auth),
                 positions=keeper,
-                gap_sink=self._publish_gap,
+                gap_sink=None if self._gap_records is None else self._gap_records.publish,
             )
             self.workers[name] = worker
             task = asyncio.create_task(worker.run(), name=f"endpoint-{name}")
@@ -269,23 +267,27 @@ class Supervisor:
                 raise StartupRefused(f"endpoint {name}: auth: {exc}") from None
         return result
 
-    async def _open_publishers(self) -> dict[str, EndpointPublisher] | None:
-        """Declare the exchanges and open each endpoint's publishing channel, retrying
-        broker-side failures with backoff until they succeed or the bridge is stopped."""
+    async def _open_sinks(self) -> dict[str, Sink] | None:
+        """Declare the exchanges and open each endpoint's sink (and the gap records' one),
+        retrying broker-side failures with backoff until they succeed or the bridge is stopped."""
         s = self.settings
-        opened: dict[str, EndpointPublisher] = {}
+        opened: dict[str, Sink] = {}
         attempt = 0
         while not self._stop.is_set():
             try:
                 await self._declare_topology()
                 for name, ep in s.endpoints.items():
                     if name not in opened:
-                        opened[name] = await self._publisher.channel_for(
+                        opened[name] = await self._amqp.channel_for(
                             name,
                             hooks=PublisherMetricsHooks(self.metrics.endpoint(name)),
                             alternate_exchange=ep.alternate_exchange,
                             max_inflight=ep.max_inflight,
                         )
+                if self._gap_records is None and self._replaying():
+                    # Named outside the endpoint name grammar, so it can never collide with one.
+                    control = await self._amqp.channel_for("@control")
+                    self._gap_records = GapRecords(control, s.control_exchange, s.publish_timeout)
                 self._startup_error = None
                 return opened
             except Exception as exc:  # the broker refused or went away: /readyz says which
@@ -305,12 +307,12 @@ class Supervisor:
     async def _declare_topology(self) -> None:
         s = self.settings
         declared: set[str] = set()
-        if any(ep.replay != "off" for ep in s.endpoints.values()):
-            await self._publisher.declare_exchange(s.control_exchange, "topic")
+        if self._replaying():
+            await self._amqp.declare_exchange(s.control_exchange, "topic")
             declared.add(s.control_exchange)
         for ep in s.endpoints.values():
             if ep.exchange not in declared:
-                await self._publisher.declare_exchange(
+                await self._amqp.declare_exchange(
                     ep.exchange, ep.exchange_type, alternate_exchange=ep.alternate_exchange
                 )
                 declared.add(ep.exchange)
@@ -333,30 +335,8 @@ class Supervisor:
         for worker in list(self.workers.values()):
             yield from worker.position_times()
 
-    async def _publish_gap(self, endpoint: str, record: Mapping[str, Any]) -> None:
-        """Publish a gap record to the control exchange and wait for the broker's confirm."""
-        async with self._control_lock:
-            channel = self._control_channel
-            if channel is None or channel.is_closed or self._control is None:
-                channel = await self._publisher.connection.channel(publisher_confirms=True)
-                self._control_channel = channel
-                self._control = await channel.get_exchange(
-                    self.settings.control_exchange, ensure=False
-                )
-            exchange = self._control
-        body = json.dumps(record, separators=(",", ":")).encode()
-        message = aio_pika.Message(
-            body,
-            content_type="application/json",
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            message_id=f"{endpoint}:gap:{record.get('channel')}:{record.get('time')}",
-            timestamp=time.time(),
-            headers={"cometd-endpoint": endpoint, "type": str(record.get("type"))},
-        )
-        # With a timeout: aio-pika's publish can hang across a lost connection.
-        await exchange.publish(
-            message, routing_key=f"replay_gap.{endpoint}", timeout=self.settings.publish_timeout
-        )
+    def _replaying(self) -> bool:
+        return any(ep.replay != "off" for ep in self.settings.endpoints.values())
 
     async def _refresh_gauges(self) -> None:
         while True:
@@ -378,7 +358,7 @@ class Supervisor:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
         remaining = max(0.1, deadline - (time.monotonic() - started))
-        left = await self._publisher.close(remaining)
+        left = await self._amqp.close(remaining)
         # Only now: every confirm that will ever come has moved the positions.
         await asyncio.gather(*(w.close() for w in self.workers.values()))
         await self._credentials.aclose()

@@ -1,10 +1,14 @@
-"""Confirmed, pipelined, reconnecting AMQP publishing (aio-pika connection, own publish path)."""
+"""Confirmed, pipelined, reconnecting AMQP publishing (aio-pika connection, own publish path).
+
+``connection.py``: :class:`AmqpConnection`, the process's one connection and its topology;
+``publisher.py``: :class:`AmqpSink`, one endpoint's RabbitMQ sink; ``frames.py``: frame encoding.
+"""
 
 from __future__ import annotations
 
-from bridge.amqp.connection import AmqpPublisher
-from bridge.amqp.endpoint import (
-    EndpointPublisher,
+from bridge.amqp.connection import AmqpConnection
+from bridge.amqp.publisher import (
+    AmqpSink,
     NullHooks,
     Publishable,
     PublisherHooks,
@@ -13,8 +17,8 @@ from bridge.amqp.endpoint import (
 
 
 __all__ = [
-    "AmqpPublisher",
-    "EndpointPublisher",
+    "AmqpConnection",
+    "AmqpSink",
     "PublishResult",
     "Publishable",
     "PublisherHooks",

@@ -12,17 +12,17 @@ import aio_pika
 import aio_pika.abc
 from pamqp.common import FieldTable
 
-from bridge.amqp.endpoint import EndpointPublisher, PublisherHooks
+from bridge.amqp.publisher import AmqpSink, PublisherHooks
 
 
-__all__ = ["AmqpPublisher"]
+__all__ = ["AmqpConnection"]
 
 log = logging.getLogger(__name__)
 
 StateCallback = Callable[[bool], None]
 
 
-class AmqpPublisher:
+class AmqpConnection:
     """Owns ONE ``connect_robust`` connection and every endpoint's publishing channel.
 
     aio-pika restores channels through weak references (aio-pika#536), so strong references
@@ -43,7 +43,7 @@ class AmqpPublisher:
         self._publish_timeout = publish_timeout
         self._on_state = on_state
         self._connection: aio_pika.abc.AbstractRobustConnection | None = None
-        self._endpoints: dict[str, EndpointPublisher] = {}
+        self._endpoints: dict[str, AmqpSink] = {}
         # Every exchange declared, with its arguments: declared again if the broker reports one
         # missing (deleted while we run), so publishing resumes instead of failing forever.
         self._declared: dict[str, tuple[str, str | None, bool]] = {}
@@ -61,7 +61,7 @@ class AmqpPublisher:
     @property
     def connection(self) -> aio_pika.abc.AbstractRobustConnection:
         if self._connection is None:
-            raise RuntimeError("AmqpPublisher.start() has not been called")
+            raise RuntimeError("AmqpConnection.start() has not been called")
         return self._connection
 
     @property
@@ -106,11 +106,11 @@ class AmqpPublisher:
         hooks: PublisherHooks | None = None,
         alternate_exchange: str | None = None,
         max_inflight: int = 512,
-    ) -> EndpointPublisher:
+    ) -> AmqpSink:
         """Open ``endpoint``'s own confirm channel (once; closing it frees the name again)."""
         if endpoint in self._endpoints:
             raise ValueError(f"endpoint {endpoint!r} already has a publisher")
-        publisher = EndpointPublisher(
+        publisher = AmqpSink(
             self.connection,
             endpoint,
             hooks=hooks,

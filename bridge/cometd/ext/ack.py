@@ -15,10 +15,12 @@ until RabbitMQ has it. Holding the ack makes the server re-send the unacknowledg
 each reply; those repeats are recognised (same content, same order as already received) and
 removed from the payload, so the consumer sees each message once per session.
 
-How a message is tied to its batch: :meth:`AckExtension.incoming` adds the key
-:data:`ACK_TAG` to each data message dict, with an :class:`AckTag` (session generation, batch).
-The key is only read back by :meth:`confirm`; it is not part of the message's ``data``. Tags of
-an earlier session are ignored (a new session starts with an empty server queue).
+How a message is tied to its batch: :meth:`AckExtension.incoming` tags each data message
+with an :class:`AckTag` (session generation, batch). The consumer reads it once at receive with
+:meth:`AckExtension.ack_tag_of`, carries it along with what it made of the message and hands
+it back to :meth:`AckExtension.confirm`. The tag rides in
+the message dict under a key only this module reads; it is not part of the message's ``data``.
+Tags of an earlier session are ignored (a new session starts with an empty server queue).
 
 Holding the ack while the client's buffer is full (:meth:`AckExtension.can_shed`): the client
 keeps polling to keep the session alive, and each of those replies' new messages (never
@@ -40,10 +42,11 @@ from bridge.cometd.extensions import Extension, Headers, Payload
 from bridge.cometd.protocol import is_event
 
 
-__all__ = ["ACK_TAG", "AckTag", "AckExtension"]
+__all__ = ["AckTag", "AckExtension"]
 
-ACK_TAG = "x-bridge-ack"
-"""Key added to each data message received in an acknowledged batch (value: AckTag)."""
+# Key added to each data message received in an acknowledged batch (value: AckTag); read only
+# by AckExtension.ack_tag_of.
+_TAG_KEY = "x-bridge-ack"
 
 _HANDSHAKE = "/meta/handshake"
 _CONNECT = "/meta/connect"
@@ -97,11 +100,17 @@ class AckExtension(Extension):
         """Messages of this session received but not yet confirmed."""
         return sum(b.outstanding for b in self._batches)
 
-    def confirm(self, message: Mapping[str, Any]) -> None:
-        """The broker confirmed ``message`` (or the daemon settled it otherwise: it must call
-        this for every delivered message, also one it skips, or the ack stays held)."""
-        tag = message.get(ACK_TAG)
-        if not isinstance(tag, AckTag) or tag.generation != self._generation:
+    @staticmethod
+    def ack_tag_of(message: Mapping[str, Any]) -> AckTag | None:
+        """The tag of a received data message (None: not part of an acknowledged batch)."""
+        tag = message.get(_TAG_KEY)
+        return tag if isinstance(tag, AckTag) else None
+
+    def confirm(self, tag: AckTag | None) -> None:
+        """The broker confirmed the message tagged ``tag`` (or the daemon settled it otherwise:
+        it must call this for every delivered message, also one it skips, or the ack stays
+        held). None and tags of an earlier session change nothing."""
+        if tag is None or tag.generation != self._generation:
             return
         batch = self._by_number.get(tag.batch)
         if batch is None or batch.outstanding <= 0:
@@ -200,7 +209,7 @@ class AckExtension(Extension):
             self._by_number[number] = record
         tag = AckTag(self._generation, number)
         for message, fingerprint in new:
-            message[ACK_TAG] = tag
+            message[_TAG_KEY] = tag
             if record is not None:
                 record.outstanding += 1
                 self._unacked.append((number, fingerprint))

@@ -1,4 +1,4 @@
-"""The Salesforce replay extension, and the helpers the daemon needs around it.
+"""The Salesforce replay extension: the wire format, the invalid-replay-id refusal, event fields.
 
 Wire format (Salesforce Streaming API, also the test server tests/servers/salesforce_server.js):
 
@@ -12,7 +12,7 @@ Wire format (Salesforce Streaming API, also the test server tests/servers/salesf
 
 The id for a subscribe is computed when the message is sent, not when it was created, so the
 client's automatic resubscriptions after a re-handshake resume from the latest confirmed
-position (competitors resubscribe with the initial id and replay everything, or lose the gap).
+position (resubscribing with the initial id would replay everything, or lose the gap).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
 from bridge.cometd.extensions import Extension, Headers, Payload
@@ -30,13 +29,8 @@ __all__ = [
     "REPLAY_NEW",
     "REPLAY_ALL",
     "ReplayExtension",
-    "GapPolicy",
     "InvalidReplayId",
-    "ReplayGapError",
     "invalid_replay_id",
-    "gap_start",
-    "gap_record",
-    "initial_start",
     "replay_id_of",
     "event_time_of",
 ]
@@ -60,8 +54,8 @@ def _replay_key(channel: str) -> str:
 class ReplayExtension(Extension):
     """Adds replay ids to every ``/meta/subscribe``, computed at send time.
 
-    ``position(channel)`` returns the confirmed position to resume from (e.g.
-    ``PositionKeeper.position``) or None; then the channel's start applies (``start`` for all
+    ``position(channel)`` returns the confirmed position to resume from (the consumer's stored
+    position) or None; then the channel's start applies (``start`` for all
     channels, or one set with :meth:`set_start`, e.g. after a gap). :attr:`supported` is None
     until a handshake reply said whether the server replays.
     """
@@ -73,7 +67,7 @@ class ReplayExtension(Extension):
         self.supported: bool | None = None
 
     def set_start(self, channel: str, start: int) -> None:
-        """Where ``channel`` starts while it has no position (the gap policy sets this)."""
+        """Where ``channel`` starts while it has no position (e.g. after a gap)."""
         self._starts[_replay_key(channel)] = start
 
     def replay_from(self, channel: str) -> int:
@@ -112,7 +106,7 @@ def _ext(message: dict[str, Any]) -> dict[str, Any]:
     return ext
 
 
-# -- the invalid-replay-id failure and the gap policy ----------------------------------------
+# -- the invalid-replay-id failure -----------------------------------------------------------------
 
 # Salesforce: "400::The replayId {82} you provided was invalid. ..."; older API versions and
 # EMP report "400::The replayId for channel X wasn't found using the provided replay ID map".
@@ -148,77 +142,6 @@ def invalid_replay_id(reply: Mapping[str, Any] | None) -> InvalidReplayId | None
     channel = _replay_key(subscription) if isinstance(subscription, str) else ""
     replay_id = int(match.group("id")) if match else None
     return InvalidReplayId(channel, replay_id, error)
-
-
-class GapPolicy(StrEnum):
-    """What to do when a stored position is older than the server's retention.
-
-    ``fail`` stops the endpoint (an operator decides); ``latest`` resumes with new events
-    (the gap stays lost); ``earliest`` replays everything still retained (loses only what
-    the server already forgot; duplicates possible).
-    """
-
-    FAIL = "fail"
-    LATEST = "latest"
-    EARLIEST = "earliest"
-
-
-class ReplayGapError(Exception):
-    """The gap policy is ``fail`` and a channel's position is past the retention window."""
-
-    def __init__(self, endpoint: str, gap: InvalidReplayId) -> None:
-        self.endpoint = endpoint
-        self.gap = gap
-        super().__init__(
-            f"endpoint {endpoint!r} channel {gap.channel!r}: stored replay id {gap.replay_id} is "
-            f"older than the server's retention ({gap.error}); gap_policy=fail. Choose a start "
-            "with `cometd-bridge positions set` or change gap_policy."
-        )
-
-
-def gap_start(policy: GapPolicy | str, endpoint: str, gap: InvalidReplayId) -> int:
-    """The replay id to resubscribe with under ``policy``; raises ReplayGapError for ``fail``."""
-    policy = GapPolicy(policy)
-    if policy is GapPolicy.FAIL:
-        raise ReplayGapError(endpoint, gap)
-    return REPLAY_NEW if policy is GapPolicy.LATEST else REPLAY_ALL
-
-
-def gap_record(
-    endpoint: str, gap: InvalidReplayId, policy: GapPolicy | str, now: float
-) -> dict[str, Any]:
-    """The JSON body of the gap record published to the control exchange."""
-    policy = GapPolicy(policy)
-    resumed = {GapPolicy.FAIL: None, GapPolicy.LATEST: REPLAY_NEW, GapPolicy.EARLIEST: REPLAY_ALL}
-    return {
-        "type": "replay_gap",
-        "endpoint": endpoint,
-        "channel": gap.channel,
-        "replay_id": gap.replay_id,
-        "error": gap.error,
-        "policy": policy.value,
-        "resumed_from": resumed[policy],
-        "time": now,
-    }
-
-
-def initial_start(replay: str, fallback: str = "new") -> int | None:
-    """Map the endpoint settings to a start id: None when replay is ``off``.
-
-    ``replay``: ``off``, ``new`` (or ``-1``), ``all`` (or ``-2``), ``stored`` (resume from the
-    stored position; ``fallback`` ``new``/``all`` when there is none).
-    """
-    named = {"new": REPLAY_NEW, "-1": REPLAY_NEW, "all": REPLAY_ALL, "-2": REPLAY_ALL}
-    if replay == "off":
-        return None
-    if replay == "stored":
-        if fallback not in ("new", "all"):
-            raise ValueError(f"invalid replay_fallback {fallback!r}")
-        return named[fallback]
-    try:
-        return named[replay]
-    except KeyError:
-        raise ValueError(f"invalid replay setting {replay!r}") from None
 
 
 # -- reading events -----------------------------------------------------------------------------

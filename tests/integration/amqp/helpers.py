@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import aio_pika
 import aio_pika.abc
 
-from bridge.amqp import AmqpPublisher, PublishResult
+from bridge.amqp import AmqpConnection, PublishResult
 from bridge.routing import RoutedMessage
 from tests.fixtures.rabbitmq import unique_name
 
@@ -130,7 +130,9 @@ async def bound_queue(
     return queue
 
 
-async def started_publisher(amqp_url: str, *, name: str | None = None) -> AmqpPublisher:
-    pub = AmqpPublisher(amqp_url, connection_name=name or unique_name("bridge"), publish_timeout=10)
+async def started_publisher(amqp_url: str, *, name: str | None = None) -> AmqpConnection:
+    pub = AmqpConnection(
+        amqp_url, connection_name=name or unique_name("bridge"), publish_timeout=10
+    )
     await pub.start()
     return pub

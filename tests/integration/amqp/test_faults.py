@@ -10,7 +10,7 @@ import aio_pika
 import aio_pika.abc
 import pytest
 
-from bridge.amqp import AmqpPublisher, PublishResult
+from bridge.amqp import AmqpConnection, PublishResult
 from tests.fixtures.rabbitmq import close_named_connections, unique_name
 from tests.integration.amqp.helpers import (
     Collector,
@@ -26,11 +26,11 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-async def named_publisher(amqp_url: str) -> tuple[AmqpPublisher, str]:
+async def named_publisher(amqp_url: str) -> tuple[AmqpConnection, str]:
     name = unique_name("bridge-fault")
     # A short reconnect interval keeps the disconnect test quick (aio-pika's default is 5 s).
     sep = "&" if "?" in amqp_url else "?"
-    pub = AmqpPublisher(
+    pub = AmqpConnection(
         f"{amqp_url}{sep}reconnect_interval=0.2", connection_name=name, publish_timeout=10
     )
     await pub.start()
@@ -39,7 +39,7 @@ async def named_publisher(amqp_url: str) -> tuple[AmqpPublisher, str]:
 
 
 async def test_connection_closed_mid_stream_loses_nothing(
-    named_publisher: tuple[AmqpPublisher, str],
+    named_publisher: tuple[AmqpConnection, str],
     amqp_connection: aio_pika.abc.AbstractRobustConnection,
 ) -> None:
     publisher, name = named_publisher
@@ -101,7 +101,7 @@ async def test_connection_closed_mid_stream_loses_nothing(
 
 
 async def test_unroutable_without_alternate_is_returned_counted_and_logged(
-    named_publisher: tuple[AmqpPublisher, str], caplog: pytest.LogCaptureFixture
+    named_publisher: tuple[AmqpConnection, str], caplog: pytest.LogCaptureFixture
 ) -> None:
     publisher, _ = named_publisher
     exchange = unique_name("ex")
@@ -127,7 +127,7 @@ async def test_unroutable_without_alternate_is_returned_counted_and_logged(
 
 
 async def test_alternate_exchange_declared_on_the_exchange_routes_in_the_broker(
-    named_publisher: tuple[AmqpPublisher, str],
+    named_publisher: tuple[AmqpConnection, str],
     amqp_connection: aio_pika.abc.AbstractRobustConnection,
 ) -> None:
     publisher, _ = named_publisher
@@ -151,7 +151,7 @@ async def test_alternate_exchange_declared_on_the_exchange_routes_in_the_broker(
 
 
 async def test_returned_message_is_republished_to_the_configured_alternate(
-    named_publisher: tuple[AmqpPublisher, str],
+    named_publisher: tuple[AmqpConnection, str],
     amqp_connection: aio_pika.abc.AbstractRobustConnection,
 ) -> None:
     publisher, _ = named_publisher
@@ -179,7 +179,7 @@ async def test_returned_message_is_republished_to_the_configured_alternate(
 
 
 async def test_nacked_messages_are_retried_until_the_broker_takes_them(
-    named_publisher: tuple[AmqpPublisher, str],
+    named_publisher: tuple[AmqpConnection, str],
     amqp_connection: aio_pika.abc.AbstractRobustConnection,
 ) -> None:
     publisher, _ = named_publisher
@@ -216,7 +216,7 @@ async def test_nacked_messages_are_retried_until_the_broker_takes_them(
 
 
 async def test_close_waits_for_confirms_and_reports_what_is_left(
-    named_publisher: tuple[AmqpPublisher, str],
+    named_publisher: tuple[AmqpConnection, str],
     amqp_connection: aio_pika.abc.AbstractRobustConnection,
 ) -> None:
     publisher, _ = named_publisher
@@ -248,7 +248,7 @@ async def test_close_waits_for_confirms_and_reports_what_is_left(
     assert results2.calls + left == n
 
 
-async def _delete_exchange(publisher: AmqpPublisher, name: str) -> None:
+async def _delete_exchange(publisher: AmqpConnection, name: str) -> None:
     ch = await publisher.connection.channel(publisher_confirms=False)
     try:
         await ch.exchange_delete(name)
@@ -271,7 +271,7 @@ async def test_blackholed_link_times_out_and_recovers(
         netloc=f"{parts.username}:{parts.password}@127.0.0.1:{proxy.port}",
         query=f"heartbeat={heartbeat}&reconnect_interval=0.2",
     ).geturl()
-    publisher = AmqpPublisher(via_proxy, connection_name=unique_name("bh"), publish_timeout=1)
+    publisher = AmqpConnection(via_proxy, connection_name=unique_name("bh"), publish_timeout=1)
     await publisher.start()
     try:
         exchange = unique_name("ex")

@@ -9,7 +9,7 @@ import aio_pika
 import aio_pika.abc
 import pytest
 
-from bridge.amqp import AmqpPublisher, PublishResult
+from bridge.amqp import AmqpConnection, PublishResult
 from bridge.routing import Router
 from tests.fixtures.rabbitmq import unique_name
 from tests.integration.amqp.helpers import (
@@ -26,14 +26,14 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-async def publisher(amqp_url: str) -> AmqpPublisher:
+async def publisher(amqp_url: str) -> AmqpConnection:
     pub = await started_publisher(amqp_url)
     yield pub  # type: ignore[misc]
     await pub.close(5)
 
 
 async def test_thousands_confirmed_and_consumed_exactly_once(
-    publisher: AmqpPublisher, amqp_connection: aio_pika.abc.AbstractRobustConnection
+    publisher: AmqpConnection, amqp_connection: aio_pika.abc.AbstractRobustConnection
 ) -> None:
     exchange = unique_name("ex")
     await publisher.declare_exchange(exchange, "topic", auto_delete=True)
@@ -80,7 +80,7 @@ async def test_thousands_confirmed_and_consumed_exactly_once(
 
 
 async def test_future_api_with_routed_messages(
-    publisher: AmqpPublisher, amqp_connection: aio_pika.abc.AbstractRobustConnection
+    publisher: AmqpConnection, amqp_connection: aio_pika.abc.AbstractRobustConnection
 ) -> None:
     exchange = unique_name("ex")
     await publisher.declare_exchange(exchange, "topic", auto_delete=True)
@@ -102,7 +102,7 @@ async def test_future_api_with_routed_messages(
 
 
 async def test_body_larger_than_frame_max_is_split_and_reassembled(
-    publisher: AmqpPublisher, amqp_connection: aio_pika.abc.AbstractRobustConnection
+    publisher: AmqpConnection, amqp_connection: aio_pika.abc.AbstractRobustConnection
 ) -> None:
     exchange = unique_name("ex")
     await publisher.declare_exchange(exchange, "topic", auto_delete=True)
@@ -120,7 +120,7 @@ async def test_body_larger_than_frame_max_is_split_and_reassembled(
 
 
 async def test_same_message_id_is_never_in_flight_twice(
-    publisher: AmqpPublisher, amqp_connection: aio_pika.abc.AbstractRobustConnection
+    publisher: AmqpConnection, amqp_connection: aio_pika.abc.AbstractRobustConnection
 ) -> None:
     exchange = unique_name("ex")
     await publisher.declare_exchange(exchange, "topic", auto_delete=True)
@@ -136,7 +136,7 @@ async def test_same_message_id_is_never_in_flight_twice(
     await collector.wait_count("ep:/event/Order__e:hsame", 5)
 
 
-async def test_unencodable_message_fails_the_caller_at_once(publisher: AmqpPublisher) -> None:
+async def test_unencodable_message_fails_the_caller_at_once(publisher: AmqpConnection) -> None:
     ep = await publisher.channel_for("ep")
     with pytest.raises(ValueError, match="255"):
         ep.submit(message("x", 1, mid="m" * 300), lambda _m, _r: None)

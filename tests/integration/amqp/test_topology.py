@@ -8,7 +8,7 @@ import aio_pika
 import aio_pika.abc
 import pytest
 
-from bridge.amqp import AmqpPublisher, PublishResult
+from bridge.amqp import AmqpConnection, PublishResult
 from tests.fixtures.rabbitmq import unique_name
 from tests.integration.amqp.helpers import RecordingHooks, Results, message
 
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 async def test_deleted_exchange_is_redeclared_without_a_hot_loop(
     amqp_url: str, amqp_connection: aio_pika.abc.AbstractRobustConnection
 ) -> None:
-    publisher = AmqpPublisher(amqp_url, connection_name=unique_name("bridge-topology"))
+    publisher = AmqpConnection(amqp_url, connection_name=unique_name("bridge-topology"))
     await publisher.start()
     exchange = unique_name("ex")
     try:
@@ -61,7 +61,7 @@ def _first(results: Results, n: int) -> list[tuple[int, PublishResult]]:
 async def test_publisher_backs_off_after_repeated_channel_losses(amqp_url: str) -> None:
     # The exchange never existed and nothing declares it: the channel is lost on every
     # attempt. The back-off keeps the attempts to a handful per second.
-    publisher = AmqpPublisher(amqp_url, connection_name=unique_name("bridge-topology"))
+    publisher = AmqpConnection(amqp_url, connection_name=unique_name("bridge-topology"))
     await publisher.start()
     try:
         hooks = RecordingHooks()

@@ -9,7 +9,7 @@ from typing import Any
 import aio_pika.abc
 import pytest
 
-from bridge.amqp import AmqpPublisher, PublishResult
+from bridge.amqp import AmqpConnection, PublishResult
 from tests.fixtures.rabbitmq import unique_name
 from tests.integration.amqp.helpers import (
     Collector,
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-async def publisher(amqp_url: str) -> AsyncIterator[AmqpPublisher]:
+async def publisher(amqp_url: str) -> AsyncIterator[AmqpConnection]:
     pub = await started_publisher(amqp_url)
     yield pub
     await pub.close(5)
@@ -43,7 +43,7 @@ class MutableMessage:
 
 
 async def test_a_routing_key_over_255_bytes_is_refused_at_submit_and_publishing_goes_on(
-    publisher: AmqpPublisher, amqp_connection: aio_pika.abc.AbstractRobustConnection
+    publisher: AmqpConnection, amqp_connection: aio_pika.abc.AbstractRobustConnection
 ) -> None:
     exchange = unique_name("ex")
     await publisher.declare_exchange(exchange, "topic", auto_delete=True)
@@ -69,7 +69,7 @@ async def test_a_routing_key_over_255_bytes_is_refused_at_submit_and_publishing_
 
 
 async def test_the_writer_settles_a_message_it_cannot_encode_and_publishes_the_rest(
-    publisher: AmqpPublisher, amqp_connection: aio_pika.abc.AbstractRobustConnection
+    publisher: AmqpConnection, amqp_connection: aio_pika.abc.AbstractRobustConnection
 ) -> None:
     exchange = unique_name("ex")
     await publisher.declare_exchange(exchange, "topic", auto_delete=True)

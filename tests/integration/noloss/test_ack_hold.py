@@ -87,7 +87,7 @@ async def test_full_buffer_keeps_the_ack_session_alive(
                 batch = await client.receive_many(MAX_PENDING)
                 received.extend(batch)
                 for message in batch:  # the broker confirm, played by the test
-                    ack.confirm(message)
+                    ack.confirm(ack.ack_tag_of(message))
 
         assert client.client_id == session
     assert sorted(seq(m) for m in received) == list(range(1, COUNT + 1)), "each exactly once"

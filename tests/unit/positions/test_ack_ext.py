@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bridge.cometd.ext import ACK_TAG, AckExtension, AckTag
+from bridge.cometd.ext import AckExtension, AckTag
 
 
 def event(seq: int) -> dict[str, Any]:
@@ -39,12 +39,12 @@ async def test_acks_only_what_was_confirmed() -> None:
     first = connect_reply(1, event(1), event(2))
     await ext.incoming(first)
     m1, m2 = first[0], first[1]
-    assert m1[ACK_TAG] == AckTag(1, 1)
+    assert ext.ack_tag_of(m1) == AckTag(1, 1)
     assert await sent_ack(ext) == 0  # nothing confirmed: the server keeps batch 1
 
-    ext.confirm(m2)
+    ext.confirm(ext.ack_tag_of(m2))
     assert ext.acked == 0  # m1 is still unconfirmed
-    ext.confirm(m1)
+    ext.confirm(ext.ack_tag_of(m1))
     assert ext.acked == 1
     assert await sent_ack(ext) == 1
     assert ext.outstanding == 0
@@ -61,9 +61,9 @@ async def test_later_batch_waits_for_an_earlier_one() -> None:
     await ext.incoming(b2)
     assert [m["data"]["seq"] for m in b2 if "data" in m] == [2]  # the re-send was removed
     assert ext.duplicates_dropped == 1
-    ext.confirm(b2[0])
+    ext.confirm(ext.ack_tag_of(b2[0]))
     assert ext.acked == 0
-    ext.confirm(b1[0])
+    ext.confirm(ext.ack_tag_of(b1[0]))
     assert ext.acked == 2
 
 
@@ -86,7 +86,7 @@ async def test_resend_after_a_lost_reply_is_delivered() -> None:
     assert [m["data"]["seq"] for m in b2 if "data" in m] == [1, 2]
     assert ext.duplicates_dropped == 0
     for message in b2[:2]:
-        ext.confirm(message)
+        ext.confirm(ext.ack_tag_of(message))
     assert ext.acked == 2
 
 
@@ -113,9 +113,9 @@ async def test_a_new_session_forgets_the_old_batches() -> None:
     assert await sent_ack(ext) == 0
     new = connect_reply(1, event(2))
     await ext.incoming(new)
-    ext.confirm(old[0])  # a confirm from the previous session changes nothing
+    ext.confirm(ext.ack_tag_of(old[0]))  # a confirm from the previous session changes nothing
     assert ext.acked == 0
-    ext.confirm(new[0])
+    ext.confirm(ext.ack_tag_of(new[0]))
     assert ext.acked == 1
 
 
@@ -129,7 +129,7 @@ async def test_server_without_ack_is_left_alone() -> None:
     assert "ext" not in connect
     payload = [event(1), {"channel": "/meta/connect", "successful": True}]
     await ext.incoming(payload)
-    assert ACK_TAG not in payload[0]
+    assert ext.ack_tag_of(payload[0]) is None
 
 
 async def test_handshake_batch_format() -> None:
@@ -146,6 +146,6 @@ async def test_handshake_batch_format() -> None:
     ]
     await ext.incoming(payload)
     assert ext.supported is True
-    assert payload[1][ACK_TAG] == AckTag(1, 4)
-    ext.confirm(payload[1])
+    assert ext.ack_tag_of(payload[1]) == AckTag(1, 4)
+    ext.confirm(ext.ack_tag_of(payload[1]))
     assert ext.acked == 4

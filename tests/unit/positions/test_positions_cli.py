@@ -9,10 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from bridge import positions_cli
 from bridge.cli import main
-from bridge.positions import CorruptPositionFile, PositionStore, StoredPosition
-from bridge.state_lock import StateDirLock
+from bridge.positions import (
+    CorruptPositionFile,
+    PositionStore,
+    StoredPosition,
+    cli as positions_cli,
+)
+from bridge.positions.lock import StateDirLock
 
 
 @pytest.fixture

@@ -9,17 +9,13 @@ import pytest
 from bridge.cometd.ext import (
     REPLAY_ALL,
     REPLAY_NEW,
-    GapPolicy,
     InvalidReplayId,
     ReplayExtension,
-    ReplayGapError,
     event_time_of,
-    gap_record,
-    gap_start,
-    initial_start,
     invalid_replay_id,
     replay_id_of,
 )
+from bridge.pipeline.gaps import GapPolicy, ReplayGapError, gap_record, gap_start, initial_start
 
 
 INVALID = (

@@ -2,7 +2,7 @@
 
 Reads and writes the files of :class:`bridge.positions.PositionStore` under
 ``BRIDGE_STATE_DIR`` (default ``./state``; ``--state-dir`` overrides). ``set``/``clear`` take
-the state directory's lock (:mod:`bridge.state_lock`) and refuse while a bridge holds it (it
+the state directory's lock (:mod:`bridge.positions.lock`) and refuse while a bridge holds it (it
 would rewrite the file from memory at its next flush); ``show`` only reads, never changes a
 file, and works while the bridge runs. After a corrupt file, ``set`` or ``clear`` writes a new
 file: that is the operator's decision the endpoint waits for (the corrupt copy is kept).
@@ -27,7 +27,7 @@ from bridge.positions import (
     PositionStoreError,
     StoredPosition,
 )
-from bridge.state_lock import StateDirLock, StateDirLocked, held_by
+from bridge.positions.lock import StateDirLock, StateDirLocked, held_by
 
 
 __all__ = ["add_subparser", "run", "show", "set_position", "clear_position"]

@@ -1,4 +1,5 @@
-"""One endpoint's publishing channel: confirmed, pipelined, re-publishing, never losing.
+"""The RabbitMQ :class:`~bridge.pipeline.sink.Sink`: one endpoint's confirmed, pipelined,
+re-publishing publishing channel that never loses a message.
 
 aio-pika keeps the connection, the channel and their recovery (a RobustChannel per endpoint);
 publishing bypasses ``Exchange.publish``: each batch of messages is pre-encoded
@@ -21,10 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any, Final, Protocol, TypeVar, cast
 
@@ -36,10 +36,11 @@ from pamqp import commands as spec
 from pamqp.header import ContentHeader
 
 from bridge.amqp.frames import FrameEncoder, check_shortstr, encode_headers
+from bridge.pipeline.sink import Publishable, PublishResult
 
 
 __all__ = [
-    "EndpointPublisher",
+    "AmqpSink",
     "PublishResult",
     "Publishable",
     "PublisherHooks",
@@ -60,34 +61,6 @@ _LOSS_BACKOFF_MAX: Final = 5.0
 _REATTACH_POLL: Final = 0.05
 # Longest wait for a polite channel/connection close at shutdown.
 _CLOSE_HANDSHAKE: Final = 5.0
-
-
-class PublishResult(enum.Enum):
-    """How a message left the publisher."""
-
-    CONFIRMED = "confirmed"  # routed and confirmed by the broker
-    ALTERNATE = "alternate"  # returned as unroutable, re-published to the alternate exchange
-    RETURNED = "returned"  # returned as unroutable, nowhere else to go: counted and logged
-    # Could not be encoded as AMQP frames when its turn came (never reached the broker);
-    # logged here, counted by the caller. Rare: ``submit`` rejects what it can foresee.
-    UNPUBLISHABLE = "unpublishable"
-
-
-class Publishable(Protocol):
-    """What the publisher needs of a message (``bridge.routing.RoutedMessage`` has it)."""
-
-    @property
-    def exchange(self) -> str: ...
-    @property
-    def routing_key(self) -> str: ...
-    @property
-    def body(self) -> bytes: ...
-    @property
-    def headers(self) -> Mapping[str, Any]: ...
-    @property
-    def message_id(self) -> str: ...
-    @property
-    def timestamp(self) -> float: ...
 
 
 class PublisherHooks(Protocol):
@@ -136,7 +109,7 @@ class _Entry:
         self.sent_at = 0.0
 
 
-class EndpointPublisher:
+class AmqpSink:
     """Publishes one endpoint's messages on its own confirm channel.
 
     ``submit(msg, done)`` never blocks and never raises for transient trouble; ``done(msg,
