@@ -24,7 +24,6 @@ from bridge.cometd.events import RECONNECT_REASONS as _CLIENT_RECONNECT_REASONS
 __all__ = [
     "Metrics",
     "EndpointMetrics",
-    "CredentialMetrics",
     "PositionSource",
     "NAMESPACE",
     "RECONNECT_REASONS",
@@ -144,24 +143,6 @@ class EndpointMetrics:
         """One data message received (counter and last-message time)."""
         self.received.inc()
         self.last_message_timestamp.set(time.time() if now is None else now)
-
-
-class CredentialMetrics:
-    """One credential's token metrics."""
-
-    def __init__(self, m: Metrics, name: str) -> None:
-        self.refresh_success = m.token_refreshes.labels(name, "success")
-        self.refresh_failure = m.token_refreshes.labels(name, "failure")
-        self.expiry_timestamp = m.token_expiry_timestamp.labels(name)
-
-    def refreshed(self, expires_at: float) -> None:
-        """A token was obtained that expires at unix time ``expires_at``."""
-        self.refresh_success.inc()
-        self.expiry_timestamp.set(expires_at)
-
-    def refresh_failed(self) -> None:
-        """A token request failed."""
-        self.refresh_failure.inc()
 
 
 class Metrics:
@@ -316,7 +297,6 @@ class Metrics:
         )
 
         self._endpoints: dict[str, EndpointMetrics] = {}
-        self._credentials: dict[str, CredentialMetrics] = {}
 
     def endpoint(self, name: str) -> EndpointMetrics:
         """The (cached) bound children for endpoint ``name``."""
@@ -324,13 +304,6 @@ class Metrics:
         if em is None:
             em = self._endpoints[name] = EndpointMetrics(self, name)
         return em
-
-    def credential(self, name: str) -> CredentialMetrics:
-        """The (cached) bound children for credential ``name``."""
-        cm = self._credentials.get(name)
-        if cm is None:
-            cm = self._credentials[name] = CredentialMetrics(self, name)
-        return cm
 
     def set_position_source(self, source: PositionSource | None) -> None:
         """Where ``replay_position_age_seconds`` reads positions at scrape time."""

@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import gc
 import os
-import platform
 import random
 import signal
 import socket
@@ -133,7 +132,6 @@ class Supervisor:
         """Run until stopped; returns the number of messages left unconfirmed at exit.
 
         Raises :class:`StartupRefused` when it cannot start as configured."""
-        self.metrics.build_info.info({"version": __version__, "python": platform.python_version()})
         self._take_state_lock()
         try:
             return await self._run()

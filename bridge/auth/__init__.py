@@ -1,4 +1,4 @@
-"""OAuth token sources as CometD auth extensions (issue 5).
+"""OAuth token sources as CometD auth extensions.
 
 - :mod:`~bridge.auth.tokens`: one class per grant (static bearer, client credentials, refresh
   token, Salesforce JWT bearer), each only talking to the token endpoint;

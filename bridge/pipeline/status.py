@@ -26,9 +26,12 @@ from bridge.cometd.events import (
 if TYPE_CHECKING:
     import structlog
 
+    from bridge.cometd.ext import AckExtension
     from bridge.metrics import EndpointMetrics
+    from bridge.positions import PositionKeeper
+    from bridge.settings import Endpoint
 
-__all__ = ["EndpointStatus", "PublisherMetricsHooks", "StatusObserver"]
+__all__ = ["EndpointStatus", "PublisherMetricsHooks", "StatusObserver", "render_status"]
 
 # Each of these means the server no longer holds our session: "auth" (a Salesforce-like
 # server removes the session of an expired token) and "max_interval" (unconnected for longer
@@ -178,3 +181,56 @@ class StatusObserver:
             reason=gap_reason,
             delivery=self._s.delivery,
         )
+
+
+def render_status(
+    s: EndpointStatus,
+    config: Endpoint,
+    *,
+    now: float,
+    up: bool,
+    url: str | None,
+    buffered: int,
+    inflight: int,
+    outstanding: int,
+    ack: AckExtension | None,
+    keeper: PositionKeeper | None,
+) -> dict[str, Any]:
+    """One endpoint's entry in ``/status``."""
+    result: dict[str, Any] = {
+        "state": s.state,
+        "up": up,
+        "url": url,
+        "connection_type": s.connection_type,
+        "client_id_age_seconds": None if s.handshaken_at is None else now - s.handshaken_at,
+        "last_message_at": s.last_message_at,
+        "pending": buffered + outstanding,
+        "buffered": buffered,
+        "inflight": inflight,
+        "outstanding": outstanding,
+        "reconnects": s.reconnects,
+        "restarts": s.restarts,
+        "last_error": s.last_error,
+        "channels": list(config.channels),
+        "replay": config.replay,
+        "gap_policy": config.gap_policy,
+        "delivery": s.delivery,
+        "gaps": s.gaps,
+        "last_gap": s.last_gap,
+    }
+    if ack is not None:
+        # Left with the server while the buffer was full (re-sent later, not lost).
+        result["ack_shed"] = ack.messages_shed
+    if keeper is not None:
+        ages = keeper.ages(now)
+        result["positions"] = {
+            channel: {
+                "replay_id": p.replay_id,
+                "age_seconds": ages.get(channel, 0.0),
+                "updated_at": p.updated_at,
+                "event_time": p.event_time,
+            }
+            for channel, p in sorted(keeper.snapshot().items())
+        }
+        result["positions_unflushed"] = keeper.unflushed
+    return result

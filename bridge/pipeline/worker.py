@@ -54,7 +54,7 @@ from bridge.pipeline.gaps import GapHandler, GapSink, ReplayGapError, initial_st
 from bridge.pipeline.settlement import Settlement, describe
 from bridge.pipeline.sink import Sink
 from bridge.pipeline.source import ClientFactory, CometdSource, Source
-from bridge.pipeline.status import EndpointStatus, StatusObserver
+from bridge.pipeline.status import EndpointStatus, StatusObserver, render_status
 from bridge.positions import PositionKeeper, PositionStoreError
 from bridge.routing import Router, orjson_body_encoder
 from bridge.settings import Endpoint
@@ -236,45 +236,18 @@ class EndpointWorker:
             yield self.name, channel, position.updated_at
 
     def status_dict(self, now: float | None = None) -> dict[str, Any]:
-        now = time.time() if now is None else now
-        s = self.status
-        result: dict[str, Any] = {
-            "state": s.state,
-            "up": self.up,
-            "url": self.url,
-            "connection_type": s.connection_type,
-            "client_id_age_seconds": None if s.handshaken_at is None else now - s.handshaken_at,
-            "last_message_at": s.last_message_at,
-            "pending": self.buffered + self.outstanding,
-            "buffered": self.buffered,
-            "inflight": self._sink.inflight,
-            "outstanding": self.outstanding,
-            "reconnects": s.reconnects,
-            "restarts": s.restarts,
-            "last_error": s.last_error,
-            "channels": list(self.config.channels),
-            "replay": self.config.replay,
-            "gap_policy": self.config.gap_policy,
-            "delivery": s.delivery,
-            "gaps": s.gaps,
-            "last_gap": s.last_gap,
-        }
-        if self._ack is not None:
-            # Left with the server while the buffer was full (re-sent later, not lost).
-            result["ack_shed"] = self._ack.messages_shed
-        if self._keeper is not None:
-            ages = self._keeper.ages(now)
-            result["positions"] = {
-                channel: {
-                    "replay_id": p.replay_id,
-                    "age_seconds": ages.get(channel, 0.0),
-                    "updated_at": p.updated_at,
-                    "event_time": p.event_time,
-                }
-                for channel, p in sorted(self._keeper.snapshot().items())
-            }
-            result["positions_unflushed"] = self._keeper.unflushed
-        return result
+        return render_status(
+            self.status,
+            self.config,
+            now=time.time() if now is None else now,
+            up=self.up,
+            url=self.url,
+            buffered=self.buffered,
+            inflight=self._sink.inflight,
+            outstanding=self.outstanding,
+            ack=self._ack,
+            keeper=self._keeper,
+        )
 
     # -- lifecycle ---------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from bridge.auth import PrometheusAuthHooks
 from bridge.metrics import RECONNECT_REASONS, Metrics
 
 
@@ -62,7 +63,10 @@ def exercise(m: Metrics) -> None:
     ep.replay_gap("/event/Order__e")
     ep.possible_gap("session_expired")
     ep.duplicates_redelivered.inc()
-    m.credential("orders").refreshed(expires_at=1700003600.0)
+    # What the credential registry reports through PrometheusAuthHooks (the daemon's wiring).
+    hooks = PrometheusAuthHooks(m.token_refreshes, m.token_expiry_timestamp)
+    hooks.token_refreshed("orders", "success")
+    hooks.token_expiry("orders", 1700003600.0)
     m.amqp_connected.set(1)
     m.set_position_source(lambda: [("orders", "/event/Order__e", 1700000000.0)])
 
