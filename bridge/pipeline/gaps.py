@@ -19,13 +19,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from bridge.cometd.exceptions import ServerError
-from bridge.cometd.ext.replay import (
-    REPLAY_ALL,
-    REPLAY_NEW,
-    InvalidReplayId,
-    ReplayExtension,
-    invalid_replay_id,
-)
+from bridge.cometd.ext.replay import REPLAY_ALL, REPLAY_NEW, InvalidReplayId, invalid_replay_id
 from bridge.pipeline.sink import PublishResult, Sink
 
 
@@ -182,7 +176,7 @@ class GapHandler:
         endpoint: str,
         config: Endpoint,
         *,
-        replay: ReplayExtension,
+        set_start: Callable[[str, int], None],
         metrics: EndpointMetrics,
         status: EndpointStatus,
         log: structlog.typing.FilteringBoundLogger,
@@ -192,7 +186,7 @@ class GapHandler:
     ) -> None:
         self._endpoint = endpoint
         self._config = config
-        self._replay = replay
+        self._set_start = set_start
         self._metrics = metrics
         self._status = status
         self._log = log
@@ -233,4 +227,4 @@ class GapHandler:
         start = gap_start(policy, self._endpoint, gap)
         if self._keeper is not None:
             self._keeper.reset(gap.channel, None)
-        self._replay.set_start(gap.channel, start)
+        self._set_start(gap.channel, start)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from bridge.cometd import Client, ConnectionType
 from bridge.cometd.events import Listener
-from bridge.cometd.ext import AckExtension, AckTag
+from bridge.cometd.ext import AckExtension, AckTag, ReplayExtension
 from bridge.cometd.extensions import AuthExtension, Extension
 
 
@@ -57,6 +57,21 @@ class Source(Protocol):
     def connection_type(self) -> str | None:
         """How the session talks to the server (for logs and ``/status``)."""
 
+    @property
+    def replay_active(self) -> bool:
+        """The source resumes from positions and the current (or last) server supports it."""
+
+    @property
+    def ack_active(self) -> bool:
+        """The source acknowledges and the current (or last) server supports it."""
+
+    @property
+    def ack_shed(self) -> int | None:
+        """Messages left with the server while the buffer was full (None: no acks)."""
+
+    def set_start(self, channel: str, start: int) -> None:
+        """Where ``channel`` resumes while it has no stored position (e.g. after a gap)."""
+
     def ack_tag_of(self, message: dict[str, Any]) -> AckTag | None:
         """The acknowledgement correlation of a received message (None: nothing to ack)."""
 
@@ -72,21 +87,34 @@ class Source(Protocol):
 
 class CometdSource:
     """A :class:`Source` over the CometD :class:`~bridge.cometd.Client`: a new client per
-    session, the endpoint's extensions (auth, replay, ack) shared by every session."""
+    session, the endpoint's extensions (auth, replay, ack) shared by every session.
+
+    ``replay_start`` (None: no replay) is where a channel without a position starts;
+    ``position(channel)`` the stored position a (re)subscription resumes from, read when the
+    subscribe is sent. ``ack`` turns on the acknowledgement extension.
+    """
 
     def __init__(
         self,
         config: Endpoint,
         *,
+        replay_start: int | None,
+        position: Callable[[str], int | None],
+        ack: bool,
         extensions: Sequence[Extension],
-        ack: AckExtension | None,
         auth: AuthExtension | None,
         listener: Listener,
         client_factory: ClientFactory = Client,
     ) -> None:
         self._config = config
-        self._extensions = list(extensions)
-        self._ack = ack
+        # Created once and reused by every session: the replay extension reads the confirmed
+        # positions at send time, the ack extension starts over at each handshake.
+        self._replay = ReplayExtension(position, replay_start) if replay_start is not None else None
+        self._ack = AckExtension() if ack else None
+        self._extensions = [
+            *extensions,
+            *(e for e in (self._replay, self._ack) if e is not None),
+        ]
         self._auth = auth
         self._listener = listener
         self._client_factory = client_factory
@@ -130,6 +158,22 @@ class CometdSource:
         client = self._client
         connection_type = client.connection_type if client is not None else None
         return None if connection_type is None else str(connection_type)
+
+    @property
+    def replay_active(self) -> bool:
+        return self._replay is not None and self._replay.supported is True
+
+    @property
+    def ack_active(self) -> bool:
+        return self._ack is not None and self._ack.supported is True
+
+    @property
+    def ack_shed(self) -> int | None:
+        return None if self._ack is None else self._ack.messages_shed
+
+    def set_start(self, channel: str, start: int) -> None:
+        if self._replay is not None:
+            self._replay.set_start(channel, start)
 
     def ack_tag_of(self, message: dict[str, Any]) -> AckTag | None:
         return None if self._ack is None else self._ack.ack_tag_of(message)

@@ -26,7 +26,6 @@ from bridge.cometd.events import (
 if TYPE_CHECKING:
     import structlog
 
-    from bridge.cometd.ext import AckExtension
     from bridge.metrics import EndpointMetrics
     from bridge.positions import PositionKeeper
     from bridge.settings import Endpoint
@@ -193,7 +192,7 @@ def render_status(
     buffered: int,
     inflight: int,
     outstanding: int,
-    ack: AckExtension | None,
+    ack_shed: int | None,
     keeper: PositionKeeper | None,
 ) -> dict[str, Any]:
     """One endpoint's entry in ``/status``."""
@@ -218,9 +217,9 @@ def render_status(
         "gaps": s.gaps,
         "last_gap": s.last_gap,
     }
-    if ack is not None:
+    if ack_shed is not None:
         # Left with the server while the buffer was full (re-sent later, not lost).
-        result["ack_shed"] = ack.messages_shed
+        result["ack_shed"] = ack_shed
     if keeper is not None:
         ages = keeper.ages(now)
         result["positions"] = {

@@ -47,7 +47,6 @@ from bridge.auth.errors import FailureKind, classify_failure
 from bridge.cometd import Client
 from bridge.cometd.events import ClientEvent, FetchPaused, FetchResumed
 from bridge.cometd.exceptions import ClientInvalidOperation, CometdError, ServerError
-from bridge.cometd.ext import AckExtension, ReplayExtension
 from bridge.cometd.extensions import AuthExtension, Extension
 from bridge.metrics import EndpointMetrics
 from bridge.pipeline.gaps import GapHandler, GapSink, ReplayGapError, initial_start
@@ -121,11 +120,9 @@ class EndpointWorker:
         self._metrics = metrics
         self._keeper = positions
         self._log = log.bind(endpoint=name)
-        # Created once and reused by every session: the replay extension reads the keeper's
-        # confirmed positions at send time, the ack extension starts over at each handshake.
         start = initial_start(config.replay, config.replay_fallback)
-        self._replay = ReplayExtension(self._position, start) if start is not None else None
-        self._ack = AckExtension() if config.ack != "off" else None
+        self._replaying = start is not None
+        self._acking = config.ack != "off"
         self._observer = StatusObserver(
             metrics,
             self.status,
@@ -134,10 +131,13 @@ class EndpointWorker:
             holding_full=lambda: self._buffer_full.is_set(),
             replay_active=lambda: self.replay_active,
         )
+        # The one place the endpoint's source is built.
         self._source: Source = CometdSource(
             config,
-            extensions=[*extensions, *(e for e in (self._replay, self._ack) if e is not None)],
-            ack=self._ack,
+            replay_start=start,
+            position=self._position,
+            ack=self._acking,
+            extensions=extensions,
             auth=auth,
             listener=self._on_client_event,
             client_factory=client_factory,
@@ -150,7 +150,7 @@ class EndpointWorker:
             sink=sink,
             source=self._source,
             keeper=positions,
-            track_acks=self._ack is not None,
+            track_acks=self._acking,
             metrics=metrics,
             status=self.status,
             log=self._log,
@@ -160,7 +160,7 @@ class EndpointWorker:
             GapHandler(
                 name,
                 config,
-                replay=self._replay,
+                set_start=self._source.set_start,
                 metrics=metrics,
                 status=self.status,
                 log=self._log,
@@ -168,7 +168,7 @@ class EndpointWorker:
                 sink=gap_sink,
                 describe=describe,
             )
-            if self._replay is not None
+            if self._replaying
             else None
         )
         self._keeper_task: asyncio.Task[None] | None = None
@@ -214,11 +214,11 @@ class EndpointWorker:
     @property
     def replay_active(self) -> bool:
         """Replay is configured and the current (or last) server supports it."""
-        return self._replay is not None and self._replay.supported is True
+        return self._source.replay_active
 
     @property
     def ack_active(self) -> bool:
-        return self._ack is not None and self._ack.supported is True
+        return self._source.ack_active
 
     def refresh_gauges(self) -> None:
         """Set the level gauges (called periodically, not per message)."""
@@ -245,7 +245,7 @@ class EndpointWorker:
             buffered=self.buffered,
             inflight=self._sink.inflight,
             outstanding=self.outstanding,
-            ack=self._ack,
+            ack_shed=self._source.ack_shed,
             keeper=self._keeper,
         )
 
@@ -444,11 +444,11 @@ class EndpointWorker:
         if delivery == self.status.delivery:
             return
         self.status.delivery = delivery
-        if self._replay is not None and delivery != "replay":
+        if self._replaying and delivery != "replay":
             self._log.warning(
                 "the server does not replay: a lost session can lose messages", delivery=delivery
             )
-        elif self.config.ack == "on" and self._replay is None and delivery != "ack":
+        elif self.config.ack == "on" and not self._replaying and delivery != "ack":
             self._log.warning("ack=on but the server does not acknowledge messages")
 
     async def _subscribe(self, channel: str) -> None:
