@@ -1,4 +1,4 @@
-"""The process's one robust AMQP connection: topology, per-endpoint publishers, shutdown."""
+"""The process's one robust AMQP connection: topology, per-endpoint sinks, shutdown."""
 
 from __future__ import annotations
 
@@ -107,9 +107,11 @@ class AmqpConnection:
         alternate_exchange: str | None = None,
         max_inflight: int = 512,
     ) -> AmqpSink:
-        """Open ``endpoint``'s own confirm channel (once; closing it frees the name again)."""
+        """Open ``endpoint``'s sink on its own confirm channel (once; closing it frees the name
+        again)."""
         if endpoint in self._endpoints:
             raise ValueError(f"endpoint {endpoint!r} already has a publisher")
+        # The one place a RabbitMQ sink is built: choosing another implementation is this line.
         publisher = AmqpSink(
             self.connection,
             endpoint,
