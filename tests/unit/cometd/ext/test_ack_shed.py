@@ -13,7 +13,7 @@ from typing import Any
 from bridge.cometd.ext import AckExtension
 from bridge.cometd.extensions import Extension
 
-from .test_ack_ext import connect_reply, event, open_session, sent_ack
+from .test_ack import connect_reply, event, open_session, sent_ack
 
 
 def seqs(payload: list[dict[str, Any]]) -> list[int]:
