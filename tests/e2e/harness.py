@@ -199,9 +199,12 @@ class QueueCollector:
         self._connection: aio_pika.abc.AbstractConnection | None = None
         self._exchange = ""
 
-    async def start(self, exchange: str, exchange_type: str = "topic", binding: str = "#") -> None:
+    async def start(
+        self, exchange: str, exchange_type: str = "topic", binding: str = "#", url: str = AMQP_URL
+    ) -> None:
+        """Declare and consume; ``url`` is another broker's (a dedicated test node)."""
         self._exchange = exchange
-        self._connection = await aio_pika.connect_robust(AMQP_URL)
+        self._connection = await aio_pika.connect_robust(url)
         channel = await self._connection.channel()
         await channel.set_qos(prefetch_count=2000)
         ex = await channel.declare_exchange(exchange, exchange_type, durable=True)

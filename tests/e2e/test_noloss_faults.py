@@ -15,10 +15,8 @@ import asyncio
 import contextlib
 import json
 import re
-import shutil
 import signal
 import socket
-import subprocess
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -30,7 +28,12 @@ from bridge.positions import PositionStore, StoredPosition
 from tests.e2e.conftest import bridge_env
 from tests.e2e.harness import AMQP_URL, BridgeProcess, QueueCollector, running_bridge
 from tests.fakes.fake_bayeux import FakeBayeux, append_messages, raw_body
-from tests.fixtures.rabbitmq import close_named_connections
+from tests.fixtures.rabbitmq import (
+    RabbitNode,
+    close_named_connections,
+    memory_alarm,
+    read_memory_watermark,
+)
 from tests.integration.noloss.conftest import (
     SalesforceFactory,
     SalesforceServer,
@@ -91,13 +94,28 @@ async def wait_seqs(collector: QueueCollector, count: int, within: float = WAIT)
 async def wait_seqs_range(
     collector: QueueCollector, first: int, last: int, within: float = WAIT
 ) -> None:
-    """Wait (bounded) until seqs first..last all arrived."""
+    """Wait (bounded) until seqs first..last all arrived; fail naming the missing ones."""
     wanted = set(range(first, last + 1))
     deadline = time.monotonic() + within
-    while not wanted <= set(payload_seqs(collector)):
+    while missing := sorted(wanted - set(payload_seqs(collector))):
         if time.monotonic() > deadline:
-            return
+            raise AssertionError(
+                f"after {within}s, {len(missing)} of seqs {first}..{last} missing: "
+                f"{describe_runs(missing)}"
+            )
         await collector.wait_for(len({d.message_id for d in collector.deliveries}) + 1, 1.0)
+
+
+def describe_runs(numbers: list[int], limit: int = 8) -> str:
+    """``[3, 4, 5, 9]`` as ``"3..5, 9"`` (the first ``limit`` runs)."""
+    runs: list[tuple[int, int]] = []
+    for n in numbers:
+        if runs and n == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], n)
+        else:
+            runs.append((n, n))
+    text = ", ".join(f"{a}..{b}" if a != b else str(a) for a, b in runs[:limit])
+    return text + (f" and {len(runs) - limit} more runs" if len(runs) > limit else "")
 
 
 def check_complete(
@@ -209,32 +227,6 @@ async def pausable_proxy() -> AsyncIterator[PausableProxy]:
         yield proxy
     finally:
         await proxy.close()
-
-
-def _rabbitmqctl(*args: str) -> str:
-    exe = shutil.which("rabbitmqctl")
-    if exe is None:
-        pytest.skip("rabbitmqctl is not installed")
-    done = subprocess.run([exe, "-q", *args], capture_output=True, text=True, timeout=60)
-    if done.returncode != 0:
-        raise RuntimeError(f"rabbitmqctl {args} failed: {done.stderr.strip()[:300]}")
-    return done.stdout
-
-
-@contextlib.asynccontextmanager
-async def memory_alarm() -> AsyncIterator[None]:
-    """Block every publisher on the broker (memory high watermark 0); always restored."""
-    env = await asyncio.to_thread(_rabbitmqctl, "environment")
-    match = re.search(r"\{vm_memory_high_watermark,\s*([0-9.]+)\}", env)
-    restore = ["set_vm_memory_high_watermark", match.group(1) if match else "0.4"]
-    absolute = re.search(r"\{vm_memory_high_watermark,\s*\{absolute,\s*(\d+)\}\}", env)
-    if absolute:
-        restore = ["set_vm_memory_high_watermark", "absolute", absolute.group(1)]
-    try:
-        await asyncio.to_thread(_rabbitmqctl, "set_vm_memory_high_watermark", "0")
-        yield
-    finally:
-        await asyncio.to_thread(_rabbitmqctl, *restore)
 
 
 # -- 1 to 6: zero missing --------------------------------------------------------------------
@@ -370,30 +362,49 @@ async def test_5_sigterm_while_the_buffer_is_full(
 
 async def test_6_rabbitmq_blocked_longer_than_the_reconnect_budget(
     sf_server: SalesforceServer,
-    collector: QueueCollector,
+    dedicated_rabbitmq: RabbitNode,
     exchange_name: str,
     tmp_path: Path,
     record_property: Callable[[str, object], None],
 ) -> None:
+    """The memory alarm blocks a whole broker: it is raised on a node of the test's own
+    (``dedicated_rabbitmq``), never on the shared one."""
     budget = 2.0  # the server's max_interval (SALESFORCE_DEFAULTS): a session held without
     # a /meta/connect for longer is gone
-    env = sf_env(tmp_path, sf_server, exchange_name, max_pending_count=100)
-    async with running_bridge(env, tmp_path) as bridge:
-        await sf_server.publish(CHANNEL, COUNT, rate=RATE, wait=False)
-        await collector.wait_for(COUNT // 5, within=WAIT)
-        async with memory_alarm():
-            # The buffer fills, the replay session is ended on purpose...
-            await wait_sample(
-                bridge, "cometd_bridge_reconnects_total", 1, endpoint="src", reason="buffer_full"
-            )
-            # ...and the broker stays blocked past the server's reconnect budget (the fault's
-            # duration, not a synchronisation).
-            await asyncio.sleep(budget * 1.5)
-            status = await bridge.status()
-            assert status["endpoints"]["src"]["state"] == "waiting_for_broker"
-        await wait_seqs(collector, COUNT)
-        metrics = await bridge.metrics()
-    check_complete(collector, COUNT, record_property)
+    # Each rabbitmqctl call takes seconds on a loaded machine: the stream goes on only once
+    # the alarm is raised, so the fault always hits it (not after its last message).
+    count = COUNT
+    restore = await asyncio.to_thread(read_memory_watermark, dedicated_rabbitmq)
+    collector = QueueCollector()
+    await collector.start(exchange_name, url=dedicated_rabbitmq.url)
+    try:
+        env = sf_env(tmp_path, sf_server, exchange_name, max_pending_count=100)
+        env["BRIDGE_AMQP_URL"] = dedicated_rabbitmq.url
+        async with running_bridge(env, tmp_path) as bridge:
+            await sf_server.publish(CHANNEL, count // 5, rate=RATE)
+            await wait_seqs(collector, count // 5)
+            async with memory_alarm(dedicated_rabbitmq, restore):
+                await sf_server.publish(CHANNEL, count - count // 5, rate=RATE, wait=False)
+                # The buffer fills, the replay session is ended on purpose...
+                await wait_sample(
+                    bridge,
+                    "cometd_bridge_reconnects_total",
+                    1,
+                    endpoint="src",
+                    reason="buffer_full",
+                )
+                # ...and the broker stays blocked past the server's reconnect budget (the
+                # fault's duration, not a synchronisation).
+                await asyncio.sleep(budget * 1.5)
+                status = await bridge.status()
+                assert status["endpoints"]["src"]["state"] == "waiting_for_broker"
+                blocked_at = len(collector.deliveries)
+            await wait_seqs(collector, count)
+            metrics = await bridge.metrics()
+    finally:
+        await collector.close()
+    assert blocked_at < count, "the alarm was raised mid-stream"
+    check_complete(collector, count, record_property)
     assert (sample(metrics, "cometd_bridge_possible_gaps_total") or 0) == 0
 
 
