@@ -175,6 +175,8 @@ class PausableProxy:
         self._upstream = (host, port)
         self._open = asyncio.Event()
         self._open.set()
+        self._up_open = asyncio.Event()  # the client -> broker direction only
+        self._up_open.set()
         self._server: asyncio.Server | None = None
         self._writers: list[asyncio.StreamWriter] = []
         self._tasks: set[asyncio.Task[None]] = set()
@@ -189,6 +191,12 @@ class PausableProxy:
 
     def resume(self) -> None:
         self._open.set()
+        self._up_open.set()
+
+    def hold_publishes(self) -> None:
+        """Hold what the client sends (publishes stay unconfirmed and never reach the broker)
+        while the broker's frames (confirms, a Connection.Close) still reach the client."""
+        self._up_open.clear()
 
     async def close(self) -> None:
         self.resume()
@@ -203,15 +211,19 @@ class PausableProxy:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await asyncio.open_connection(*self._upstream)
         self._writers += [writer, up_writer]
-        for src, dst in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.create_task(self._pipe(src, dst))
+        for src, dst, gate in ((reader, up_writer, self._up_open), (up_reader, writer, None)):
+            task = asyncio.create_task(self._pipe(src, dst, gate))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+    async def _pipe(
+        self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, gate: asyncio.Event | None
+    ) -> None:
         with contextlib.suppress(ConnectionError):
             while data := await src.read(65536):
                 await self._open.wait()
+                if gate is not None:
+                    await gate.wait()
                 dst.write(data)
                 await dst.drain()
         dst.close()
@@ -241,18 +253,28 @@ async def test_1_sessions_dropped_mid_stream(
 ) -> None:
     env = sf_env(tmp_path, sf_server, exchange_name)
     async with running_bridge(env, tmp_path) as bridge:
+        started = time.monotonic()
         await sf_server.publish(CHANNEL, COUNT, rate=RATE, wait=False)
         await collector.wait_for(COUNT // 3, within=WAIT)
         assert await sf_server.drop_sessions() == 1
         await wait_seqs(collector, COUNT)
+        last_id = max(int(d.headers["replay-id"]) for d in collector.deliveries)
+        status = await bridge.wait_status(
+            lambda s: s["endpoints"]["src"]["positions"][CHANNEL]["replay_id"] == last_id,
+            within=WAIT,
+        )
         metrics = await bridge.metrics()
-        status = await bridge.status()
-    check_complete(collector, COUNT, record_property)
+        elapsed = time.monotonic() - started
+    # The fault hit the stream: the dropped session was replaced by a new one mid-stream.
     assert (sample(metrics, "cometd_bridge_handshakes_total", result="success") or 0) >= 2
+    assert check_complete(collector, COUNT, record_property) == 0, "0 duplicates"
+    # The stored position is the last event's, and its age is seconds since it was stored
+    # (not since the epoch, not milliseconds), in /status and in /metrics alike.
     position = status["endpoints"]["src"]["positions"][CHANNEL]
-    assert position["replay_id"] > 0
-    assert position["age_seconds"] >= 0
-    assert sample(metrics, "cometd_bridge_replay_position_age_seconds", channel=CHANNEL) is not None
+    assert 0 <= position["age_seconds"] <= elapsed, position
+    age = sample(metrics, "cometd_bridge_replay_position_age_seconds", channel=CHANNEL)
+    assert age is not None, "replay_position_age_seconds reported for the channel"
+    assert 0 <= age <= elapsed, age
 
 
 async def test_2_server_restarted_mid_stream(
@@ -272,8 +294,9 @@ async def test_2_server_restarted_mid_stream(
         total = int(result["last_seq"])
         await wait_seqs(collector, total)
         metrics = await bridge.metrics()
-    check_complete(collector, total, record_property)
+    # The fault hit the stream: a new session after the restart, then 0 missing, 0 duplicates.
     assert (sample(metrics, "cometd_bridge_handshakes_total", result="success") or 0) >= 2
+    assert check_complete(collector, total, record_property) == 0, "0 duplicates"
 
 
 async def test_3_rabbitmq_connections_closed_mid_stream(
@@ -283,19 +306,36 @@ async def test_3_rabbitmq_connections_closed_mid_stream(
     tmp_path: Path,
     record_property: Callable[[str, object], None],
 ) -> None:
-    env = sf_env(tmp_path, sf_server, exchange_name)
-    async with running_bridge(env, tmp_path) as bridge:
-        await sf_server.publish(CHANNEL, COUNT, rate=RATE, wait=False)
-        await collector.wait_for(COUNT // 3, within=WAIT)
-        name = connection_name(bridge)
-        assert await close_named_connections(name, "noloss fault test") == 1
-        await collector.wait_for(2 * COUNT // 3, within=WAIT)
-        # The broker lists a reconnected connection a little later than it carries messages.
-        async with asyncio.timeout(WAIT):
-            while not await close_named_connections(name, "noloss test, again"):  # noqa: ASYNC110
-                await asyncio.sleep(0.2)  # polling the broker's connection list
-        await wait_seqs(collector, COUNT)
-    check_complete(collector, COUNT, record_property)
+    async with pausable_proxy() as proxy:
+        env = sf_env(tmp_path, sf_server, exchange_name, max_inflight=20)
+        env["BRIDGE_AMQP_URL"] = f"amqp://guest:guest@127.0.0.1:{proxy.port}/"
+        async with running_bridge(env, tmp_path) as bridge:
+            await sf_server.publish(CHANNEL, COUNT, rate=RATE, wait=False)
+            await collector.wait_for(COUNT // 3, within=WAIT)
+            # The close must hit publishes in flight, whenever rabbitmqctl gets to it (seconds
+            # on a loaded machine): what the bridge sends is held from now on, so its window
+            # fills with messages the broker never saw, while the broker's Close reaches it.
+            proxy.hold_publishes()
+            await wait_sample(bridge, "cometd_bridge_inflight_messages", 1, endpoint="src")
+            name = connection_name(bridge)
+            assert await close_named_connections(name, "noloss fault test") == 1
+            await wait_sample(
+                bridge,
+                "cometd_bridge_publish_failures_total",
+                1,
+                endpoint="src",
+                reason="connection",
+            )
+            proxy.resume()
+            # The broker lists a reconnected connection a little later than it carries messages.
+            async with asyncio.timeout(WAIT):
+                while not await close_named_connections(name, "noloss test, again"):  # noqa: ASYNC110
+                    await asyncio.sleep(0.2)  # polling the broker's connection list
+            await wait_seqs(collector, COUNT)
+            metrics = await bridge.metrics()
+    redelivered = sample(metrics, "cometd_bridge_duplicates_redelivered_total", endpoint="src")
+    assert (redelivered or 0) >= 1, "the close hit unconfirmed messages, published again"
+    assert check_complete(collector, COUNT, record_property) == 0, "0 duplicates"
 
 
 async def test_4_sigkill_and_restart_resume_from_the_stored_position(
@@ -576,6 +616,7 @@ async def test_server_without_replay_or_ack_counts_the_expired_session(
     collector: QueueCollector,
     exchange_name: str,
     tmp_path: Path,
+    record_property: Callable[[str, object], None],
 ) -> None:
     factory: SalesforceFactory = request.getfixturevalue("salesforce_factory")
     server = factory(replay=0)
@@ -604,11 +645,20 @@ async def test_server_without_replay_or_ack_counts_the_expired_session(
             await server.publish(CHANNEL, 50)
             await wait_seqs_range(collector, 2 * COUNT + 1, 2 * COUNT + 50)
             status = await bridge.status()
+            metrics = await bridge.metrics()
     assert status["endpoints"]["src"]["delivery"] == "none"
-    seqs = set(payload_seqs(collector))
-    assert seqs >= set(range(2 * COUNT + 1, 2 * COUNT + 51))
-    lost = 2 * COUNT - len(seqs & set(range(1, 2 * COUNT + 1)))
-    print(f"server without replay: {lost} of {2 * COUNT} events lost with the expired session")
+    seqs = payload_seqs(collector)
+    assert set(seqs) >= set(range(2 * COUNT + 1, 2 * COUNT + 51))
+    published = 2 * COUNT + 50
+    lost = published - len(set(seqs))
+    record_property("lost", lost)
+    # At-least-once from receipt: everything the bridge received reached the queue, once...
+    received = sample(metrics, "cometd_bridge_messages_received_total", endpoint="src")
+    assert received == len(seqs) == len(set(seqs)), (received, len(seqs), len(set(seqs)))
+    # ...so the loss is only what the server forgot with the expired session: part of the
+    # first run (published while fetching was stopped), nothing received before the stall.
+    assert 0 < lost <= COUNT - COUNT // 5, f"{lost} of {published} lost"
+    assert set(seqs) >= set(range(1, COUNT // 5 + 1)), "nothing received before the stall lost"
     assert any("may be lost" in e["event"] for e in bridge.log_events())
 
 
