@@ -41,18 +41,42 @@ class BridgeProcess:
     env: dict[str, str]
     log_path: Path
     clear_env: bool = False
-    http_port: int = field(default_factory=free_port)
+    # 0: the bridge binds any free port and logs it ("http server bound"); no port is chosen
+    # here and released for someone else to take before the bridge binds it.
+    http_port: int = 0
     proc: subprocess.Popen[bytes] | None = None
+    _bound_port: int | None = field(default=None, repr=False)
+    _log_offset: int = field(default=0, repr=False)  # where this start's log lines begin
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def port(self) -> int:
+        """The HTTP port; with ``http_port=0`` read from the bridge's log once it bound it
+        (raises ConnectionRefusedError until then, which the waits treat as not up yet)."""
+        if self.http_port:
+            return self.http_port
+        if self._bound_port is None:
+            with self.log_path.open("rb") as log:
+                log.seek(self._log_offset)  # this start's lines, not an earlier start's
+                lines = log.read().decode(errors="replace").splitlines()
+            for line in lines:
+                if '"http server bound"' in line:
+                    self._bound_port = int(json.loads(line)["port"])
+                    break
+            else:
+                raise ConnectionRefusedError("the bridge has not bound its HTTP port yet")
+        return self._bound_port
 
     def start(self) -> None:
         base = dict(os.environ)
         if self.clear_env:  # only what the test gives: no BRIDGE_* leaking in from outside
             base = {k: v for k, v in base.items() if not k.startswith("BRIDGE_")}
         env = {**base, **self.env, "BRIDGE_HTTP_PORT": str(self.http_port)}
+        self._bound_port = None
+        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         env.setdefault("BRIDGE_HTTP_HOST", "127.0.0.1")
         env.setdefault("BRIDGE_LOG_FORMAT", "json")
         log = self.log_path.open("ab")
