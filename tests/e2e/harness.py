@@ -253,13 +253,23 @@ class QueueCollector:
         )
         self._changed.set()
 
-    async def wait_for(self, count: int, within: float) -> None:
-        """Wait until at least ``count`` distinct message ids arrived (bounded)."""
+    async def wait_for(
+        self, count: int, within: float, *, what: str = "", quiet: bool = False
+    ) -> None:
+        """Wait until at least ``count`` distinct message ids arrived (bounded).
+
+        Fails naming what is missing (``what`` says what the messages are for), unless
+        ``quiet``: then it returns at the bound (a poll step of a longer wait)."""
         deadline = time.monotonic() + within
-        while len({d.message_id for d in self.deliveries}) < count:
+        while (arrived := len({d.message_id for d in self.deliveries})) < count:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return
+                if quiet:
+                    return
+                raise AssertionError(
+                    f"{what or 'messages'}: {arrived} of {count} arrived in {self._exchange!r}"
+                    f" within {within}s"
+                )
             self._changed.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), remaining)

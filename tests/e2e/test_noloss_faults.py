@@ -103,7 +103,8 @@ async def wait_seqs_range(
                 f"after {within}s, {len(missing)} of seqs {first}..{last} missing: "
                 f"{describe_runs(missing)}"
             )
-        await collector.wait_for(len({d.message_id for d in collector.deliveries}) + 1, 1.0)
+        arrived = len({d.message_id for d in collector.deliveries})
+        await collector.wait_for(arrived + 1, 1.0, quiet=True)
 
 
 def describe_runs(numbers: list[int], limit: int = 8) -> str:
