@@ -502,7 +502,9 @@ class FaultProxy:
         if task is not None:
             self._tasks.add(task)
         try:
-            await link.run()
+            # Cancelled by close(): the end of this connection's handler task, nothing to report.
+            with contextlib.suppress(asyncio.CancelledError):
+                await link.run()
         finally:
             self._links.discard(link)
             if task is not None:
