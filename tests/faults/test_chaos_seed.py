@@ -30,9 +30,11 @@ async def test_chaos_seed_loses_nothing_on_replay_and_ack_servers(
     for target, rows in result.results.items():
         faults = {kind: row for kind, row in rows.items() if kind != "none"}
         assert faults, f"no fault injected on {target}:\n{report}"
-        missed = {kind: row.injected - row.hit for kind, row in faults.items() if row.hit < row.injected}
+        missed = {k: r.injected - r.hit for k, r in faults.items() if r.hit < r.injected}
         assert not missed, f"faults that hit nothing on {target}: {missed}\n{report}"
-        unrecovered = {k: r.injected - r.recovered for k, r in faults.items() if r.recovered < r.injected}
+        unrecovered = {
+            k: r.injected - r.recovered for k, r in faults.items() if r.recovered < r.injected
+        }
         assert not unrecovered, f"silent stalls on {target} after: {unrecovered}\n{report}"
     assert not any(result.missing.values()), f"events missing from RabbitMQ:\n{report}"
     assert all(n > 0 for n in result.published.values())
