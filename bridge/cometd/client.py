@@ -297,6 +297,8 @@ class Client:
             self._merge_advice(reply.get("advice"), self._transport_type())
             decision = self._decide_connect(reply)
             self._on_connected()
+            if decision.action is Action.CONNECT:
+                self._rehandshakes = 0  # the session works
             if decision.action is Action.CLOSE:
                 self._set_fatal(ServerError(_CLOSED_BY_SERVER, reply))
         except BaseException:
