@@ -233,12 +233,16 @@ def close_by_name(connection_name: str) -> int | None:
 
 
 async def schedule(target: Target, rng: random.Random, until: float, gap: float) -> None:
-    """Inject faults one after another, a random pause apart, until ``until``."""
+    """Inject faults one after another, a random pause apart, until ``until``: rounds of every
+    kind in a shuffled order, so a long enough run injects each kind."""
+    order: list[str] = []
     while True:
         await asyncio.sleep(rng.uniform(gap / 2, gap * 1.5))
         if time.time() >= until:
             return
-        kind = rng.choice(target.kinds)
+        if not order:
+            order = rng.sample(target.kinds, len(target.kinds))
+        kind = order.pop()
         fault = await inject(target, kind, rng)
         target.faults.append(fault)
         print(
