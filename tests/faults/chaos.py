@@ -21,8 +21,8 @@ Run ``python -m tests.faults.chaos --seed 7 --duration 180`` (``make chaos``). I
 seed, then a table per target and fault kind: injected, hit (the fault landed on live
 traffic), recovered (an event published after the fault healed reached RabbitMQ), missing and
 duplicates (attributed to the fault in progress when the event was published / arrived twice),
-and the longest stall (seconds from a fault's heal to the first newer event in RabbitMQ). Exits
-1 on any missing event or any fault not recovered.
+and the longest stall (the longest time without any delivery reaching RabbitMQ, from a fault's
+start until the next fault). Exits 1 on any missing event or any fault not recovered.
 """
 
 from __future__ import annotations
@@ -299,16 +299,27 @@ def check(target: Target) -> tuple[dict[str, Row], list[int]]:
     missing = sorted(set(range(1, target.last_seq + 1)) - set(seen))
     for seq in missing:
         rows.setdefault(blame(target.publish_time(seq)), Row()).missing += 1
-    # Newest-published-first arrival times, to find each fault's first newer event quickly.
     by_ts = sorted((event_ts(d.body), arrived) for d, arrived in deliveries)
-    for fault in faults:
+    arrivals = sorted(target.collector.arrived)
+    for n, fault in enumerate(faults):
         row = rows.setdefault(fault.kind, Row())
         row.injected += 1
         row.hit += fault.hit
-        after = [arrived for ts, arrived in by_ts if ts >= fault.healed]
-        if after:
+        if any(ts >= fault.healed for ts, _ in by_ts):
             row.recovered += 1
-            row.longest_stall = max(row.longest_stall, min(after) - fault.healed)
+        # A stall: the longest time without any delivery reaching RabbitMQ, from the fault's
+        # start until the next fault (a backlog being worked off is progress, not a stall).
+        end = faults[n + 1].start if n + 1 < len(faults) else max(arrivals, default=fault.start)
+        stall = 0.0
+        previous = fault.start
+        for arrived in arrivals:
+            if arrived < fault.start:
+                continue
+            stall = max(stall, arrived - previous)
+            previous = arrived
+            if arrived >= end:
+                break
+        row.longest_stall = max(row.longest_stall, stall)
     return rows, missing
 
 
