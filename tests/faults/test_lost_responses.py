@@ -35,7 +35,7 @@ pytestmark = pytest.mark.integration
 
 CHANNEL = "/event/Order__e"
 RATE = 300  # events per second from the server
-COUNT = 1500  # five seconds of streaming: room for the cuts
+CHUNK = RATE // 2  # the server streams in half-second chunks until the cuts are done
 CUTS = 5
 WAIT = 60.0  # bound on every wait for deliveries (a busy 2-core machine)
 
@@ -108,6 +108,27 @@ async def cut_while_streaming(
     return reports
 
 
+class Streaming:
+    """The server publishing at ``RATE`` until :meth:`stop`, however long the cuts take on a
+    loaded machine; ``last_seq`` is the last one published."""
+
+    def __init__(self, server: NodeBayeuxServer) -> None:
+        self.server = server
+        self.last_seq = 0
+        self._stopping = asyncio.Event()
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while not self._stopping.is_set():
+            result = await self.server.publish(CHANNEL, CHUNK, rate=RATE)
+            self.last_seq = int(result["last_seq"])
+
+    async def stop(self) -> int:
+        self._stopping.set()
+        await self._task
+        return self.last_seq
+
+
 def report_duplicates(
     collector: QueueCollector, record_property: Callable[[str, object], None]
 ) -> int:
@@ -131,10 +152,11 @@ async def test_cut_responses_on_a_replay_server_lose_nothing(
         tmp_path, proxy, server, exchange_name, replay="stored", replay_fallback="all"
     )
     async with running_bridge(env, tmp_path) as bridge:
-        await server.publish(CHANNEL, COUNT, rate=RATE, wait=False)
+        streaming = Streaming(server)
         await collector.wait_for(100, within=WAIT)
         reports = await cut_while_streaming(proxy, collector, CUTS)
-        await wait_for_seqs(collector, set(range(1, COUNT + 1)))
+        count = await streaming.stop()
+        await wait_for_seqs(collector, set(range(1, count + 1)))
         stats = await server.stats()
         ready, _ = await bridge.get("/readyz")
     cut_seqs = sorted({s for r in reports for s in (*r.seqs, *r.trailing_seqs)})
@@ -158,10 +180,11 @@ async def test_cut_responses_on_an_ack_server_lose_nothing(
     proxy = await fault_proxy_factory(server.url)
     env = endpoint_env(tmp_path, proxy, server, exchange_name, replay="off", ack="on")
     async with running_bridge(env, tmp_path) as bridge:
-        await server.publish(CHANNEL, COUNT, rate=RATE, wait=False)
+        streaming = Streaming(server)
         await collector.wait_for(100, within=WAIT)
         await cut_while_streaming(proxy, collector, CUTS)
-        await wait_for_seqs(collector, set(range(1, COUNT + 1)))
+        count = await streaming.stop()
+        await wait_for_seqs(collector, set(range(1, count + 1)))
         metrics = await bridge.metrics()
     report_duplicates(collector, record_property)
     assert metric(metrics, "possible_gaps_total") == 0
@@ -189,9 +212,10 @@ async def test_cut_responses_without_replay_or_ack_are_counted_as_response_lost(
     proxy = await fault_proxy_factory(server.url)
     env = endpoint_env(tmp_path, proxy, server, exchange_name, replay="off", ack="off")
     async with running_bridge(env, tmp_path) as bridge:
-        await server.publish(CHANNEL, COUNT, rate=RATE, wait=False)
+        streaming = Streaming(server)
         await collector.wait_for(100, within=WAIT)
         reports = await cut_while_streaming(proxy, collector, CUTS)
+        count = await streaming.stop()
         cut = {s for r in reports for s in (*r.seqs, *r.trailing_seqs)}
         # What may be lost is what the server wrote into the connection the cut broke: the cut
         # message, what followed it before the reset, and over WebSocket what the server pushed
@@ -203,10 +227,10 @@ async def test_cut_responses_without_replay_or_ack_are_counted_as_response_lost(
                 for r in reports
                 for s in range(min(r.seqs), max((*r.seqs, *r.trailing_seqs)) + RATE + 1)
             }
-        await wait_for_seqs(collector, set(range(1, COUNT + 1)) - at_risk)
+        await wait_for_seqs(collector, set(range(1, count + 1)) - at_risk)
         await wait_gaps(bridge, CUTS)
         metrics = await bridge.metrics()
-    lost = set(range(1, COUNT + 1)) - set(seqs(collector))
+    lost = set(range(1, count + 1)) - set(seqs(collector))
     print(f"{kind} {connection_type}: {CUTS} cuts carried {len(cut)} events, {len(lost)} lost")
     if connection_type == "long-polling":  # one response per request: exactly what was cut
         assert lost <= cut, f"lost beyond the cut responses: {sorted(lost - cut)[:10]}"
