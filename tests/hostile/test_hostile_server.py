@@ -28,8 +28,7 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from bridge.cometd import (
     Client,
@@ -38,8 +37,9 @@ from bridge.cometd import (
     ServerError,
     TransportTimeoutError,
 )
+from bridge.cometd.ext.ack import AckExtension
 from bridge.demo.bayeux_server import Exchange
-from tests.fakes.fake_bayeux import Action, FakeBayeux
+from tests.fakes.fake_bayeux import Action, FakeBayeux, patch_reply
 
 
 pytestmark = pytest.mark.integration
@@ -64,7 +64,9 @@ _nasty_number = st.one_of(
     st.sampled_from([math.nan, math.inf, -math.inf, 1e15, -0.0]),
     st.floats(0, 2000),
 )
-_wrong_type = st.one_of(st.text(max_size=3), st.none(), st.booleans(), st.lists(st.integers(), max_size=2))
+_wrong_type = st.one_of(
+    st.text(max_size=3), st.none(), st.booleans(), st.lists(st.integers(), max_size=2)
+)
 advice_value = st.one_of(_nasty_number, _wrong_type)
 
 
@@ -186,7 +188,9 @@ async def started_fake(timeout_ms: int) -> FakeBayeux:
     return fake
 
 
-def client_for(fake: FakeBayeux, transport: ConnectionType = ConnectionType.LONG_POLLING) -> Client:
+def client_for(
+    fake: FakeBayeux, transport: ConnectionType = ConnectionType.LONG_POLLING, **kw: Any
+) -> Client:
     return Client(
         fake.url,
         transport,
@@ -194,6 +198,7 @@ def client_for(fake: FakeBayeux, transport: ConnectionType = ConnectionType.LONG
         max_response_size=MAX_RESPONSE,
         json_loads=orjson.loads,
         network_delay=2.0,
+        **kw,
     )
 
 
@@ -224,6 +229,9 @@ def task_failures() -> Iterator[list[logging.LogRecord]]:
     connect_advice=advice(reconnect=["retry", "handshake", "bogus", 1]),
     transport=st.sampled_from([ConnectionType.LONG_POLLING, ConnectionType.WEBSOCKET]),
 )
+@example(
+    connect_advice={"reconnect": "handshake", "interval": 0}, transport=ConnectionType.LONG_POLLING
+)
 def test_request_rate_is_bounded_whatever_the_advice(
     connect_advice: dict[str, Any], transport: ConnectionType
 ) -> None:
@@ -252,14 +260,17 @@ def test_request_rate_is_bounded_whatever_the_advice(
     faults=fault_scripts,
     connect_advice=advice(reconnect=["retry", "handshake", "none", None]),
 )
+@example(faults=["deep", "normal"], connect_advice={})  # the ack fingerprint of a deep message
 def test_the_client_task_never_crashes(faults: list[str], connect_advice: dict[str, Any]) -> None:
     async def scenario() -> None:
         fake = await started_fake(timeout_ms=200)
+        # An acknowledging server: the ack extension sees every payload too.
+        fake.on("/meta/handshake", patch_reply(ext={"ack": True}))
         script = Script(fake, faults, connect_advice, cycle=True)
         fake.on("/meta/connect", script.action())
         with task_failures() as crashes:
             try:
-                client = client_for(fake)
+                client = client_for(fake, extensions=[AckExtension()])
                 async with client:
                     await client.subscribe(CHANNEL)
                     deadline = time.monotonic() + 1.5
@@ -289,6 +300,7 @@ def test_the_client_task_never_crashes(faults: list[str], connect_advice: dict[s
     connect_advice=advice(reconnect=["retry", "handshake", None]),
     cycle=st.booleans(),
 )
+@example(faults=["normal"], connect_advice={"interval": 10**15}, cycle=True)  # park for ages
 def test_the_client_never_stalls_without_saying_so(
     faults: list[str], connect_advice: dict[str, Any], cycle: bool
 ) -> None:
@@ -385,7 +397,9 @@ def test_every_well_formed_data_message_is_delivered_once(
                         if client.pending_count or len(got) < len(expected):
                             try:
                                 async with asyncio.timeout(0.5):
-                                    got.extend(m["data"]["n"] for m in await client.receive_many(50))
+                                    got.extend(
+                                        m["data"]["n"] for m in await client.receive_many(50)
+                                    )
                             except TimeoutError:
                                 pass
                         else:
