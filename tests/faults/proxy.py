@@ -304,7 +304,7 @@ class _Link:
             seqs=[int(s) for s in _SEQ.findall(body)],
             trailing_seqs=[int(s) for s in _SEQ.findall(bytes(trailing))],
         )
-        self.proxy.counters["cuts"] += 1
+        self.proxy.count("cuts")
         self.proxy.cuts.append(report)
         if not rule.done.done():
             rule.done.set_result(report)
@@ -315,7 +315,7 @@ class _Link:
             writer.write(data[:left])
             with contextlib.suppress(ConnectionError, OSError):
                 await writer.drain()
-            self.proxy.counters["resets"] += 1
+            self.proxy.count("resets")
             self.reset()
             return
         if left is not None:
@@ -349,6 +349,7 @@ class FaultProxy:
             "bytes_downstream": 0,
         }
         self.cuts: list[CutReport] = []
+        self._counted = asyncio.Event()
         self._links: set[_Link] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._server: asyncio.Server | None = None
@@ -434,7 +435,7 @@ class FaultProxy:
         links = [link for link in self._links if not link.closed]
         for link in links:
             link.reset()
-        self.counters["resets"] += len(links)
+        self.count("resets", len(links))
         return len(links)
 
     def reset_after(self, nbytes: int, direction: str = DOWNSTREAM) -> int:
@@ -447,7 +448,7 @@ class FaultProxy:
     def stall(self) -> None:
         """Stop forwarding in both directions (connections stay open) until :meth:`resume`."""
         if self._flowing.is_set():
-            self.counters["stalls"] += 1
+            self.count("stalls")
         self._flowing.clear()
 
     def resume(self) -> None:
@@ -476,6 +477,25 @@ class FaultProxy:
         for link in self._links:
             link.reset_after.clear()
 
+    # -- counters ------------------------------------------------------------------------------
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.counters[name] += n
+        self._counted.set()
+
+    async def wait_count(self, name: str, value: int, *, within: float = 30.0) -> None:
+        """Wait until ``counters[name]`` reached ``value`` (a fault actually landed)."""
+        try:
+            async with asyncio.timeout(within):
+                while self.counters[name] < value:
+                    self._counted.clear()
+                    await self._counted.wait()
+        except TimeoutError:
+            raise AssertionError(
+                f"proxy counter {name} = {self.counters[name]}, expected {value} within "
+                f"{within}s (counters {self.counters})"
+            ) from None
+
     # -- internals -----------------------------------------------------------------------------
 
     async def gate(self, direction: str, size: int) -> None:
@@ -497,7 +517,7 @@ class FaultProxy:
             return
         link = _Link(self, (reader, writer), server)
         self._links.add(link)
-        self.counters["connections"] += 1
+        self.count("connections")
         task = asyncio.current_task()
         if task is not None:
             self._tasks.add(task)
