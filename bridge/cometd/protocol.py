@@ -669,7 +669,14 @@ def decide_transport_error(
     handshaking: bool,
     backoff: Backoff = Backoff(),
 ) -> Decision:
-    """Decide after a transport error (network, timeout, HTTP status, malformed body)."""
+    """Decide after a transport error (network, timeout, HTTP status, malformed body).
+
+    The first retry after a connection dropped under a working session goes out at once (a
+    server restart or session drop on WebSocket closes the socket; every moment without a
+    session loses events on a server without replay); the backoff starts with the second.
+    """
+    if reason == "network" and attempt == 0 and not handshaking:
+        return _escalate(Decision(Action.CONNECT, 0.0, reason), advice, now, unconnected_since)
     delay = backoff.delay(attempt, rnd)
     if handshaking:
         return Decision(Action.HANDSHAKE, delay, reason)
