@@ -325,19 +325,23 @@ MAX_DEPTH = 64
 
 
 def too_deep(obj: object, limit: int = MAX_DEPTH) -> bool:
-    """True when ``obj`` nests lists/objects deeper than ``limit`` (iterative: no recursion)."""
-    stack: list[tuple[object, int]] = [(obj, 1)]
+    """True when ``obj`` nests lists/objects deeper than ``limit`` (iterative: no recursion).
+
+    On every received message, so kept tight: only containers are pushed.
+    """
+    if type(obj) is not dict and type(obj) is not list:
+        return False
+    stack: list[tuple[Any, int]] = [(obj, 1)]
+    pop = stack.pop
+    push = stack.append
     while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            children: Iterable[object] = item.values()
-        elif isinstance(item, list):
-            children = item
-        else:
-            continue
-        if depth > limit:
-            return True
-        stack.extend((child, depth + 1) for child in children)
+        item, depth = pop()
+        for value in item.values() if type(item) is dict else item:
+            kind = type(value)
+            if kind is dict or kind is list:
+                if depth >= limit:
+                    return True
+                push((value, depth + 1))
     return False
 
 
@@ -669,7 +673,14 @@ def decide_transport_error(
     handshaking: bool,
     backoff: Backoff = Backoff(),
 ) -> Decision:
-    """Decide after a transport error (network, timeout, HTTP status, malformed body)."""
+    """Decide after a transport error (network, timeout, HTTP status, malformed body).
+
+    The first retry after a connection dropped under a working session goes out at once (a
+    server restart or session drop on WebSocket closes the socket; every moment without a
+    session loses events on a server without replay); the backoff starts with the second.
+    """
+    if reason == "network" and attempt == 0 and not handshaking:
+        return _escalate(Decision(Action.CONNECT, 0.0, reason), advice, now, unconnected_since)
     delay = backoff.delay(attempt, rnd)
     if handshaking:
         return Decision(Action.HANDSHAKE, delay, reason)

@@ -18,6 +18,7 @@ from bridge.cometd.protocol import (
     Reconnect,
     channel_matches,
     decide_connect,
+    decide_transport_error,
     instant_reply_spacing,
     too_deep,
     validate_payload,
@@ -144,3 +145,22 @@ def test_ack_extension_survives_an_unserialisable_message() -> None:
     assert [m.get("channel") for m in payload] == ["/meta/connect", "/x", "/x"]
     assert ack.outstanding == 2
     assert ack.holds_ack()
+
+
+def test_first_retry_after_a_dropped_connection_is_immediate_then_backs_off() -> None:
+    def delay(reason: str, attempt: int) -> float:
+        return decide_transport_error(
+            reason,
+            Advice(),
+            attempt=attempt,
+            rnd=lambda: 0.5,
+            now=100.0,
+            unconnected_since=100.0,
+            handshaking=False,
+        ).delay
+
+    assert delay("network", 0) == 0.0
+    assert delay("network", 1) > 0
+    # A server answering with garbage or errors is not retried in a hot loop.
+    assert delay("malformed", 0) > 0
+    assert delay("http_error", 0) > 0
