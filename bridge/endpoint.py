@@ -57,6 +57,7 @@ from bridge.cometd.events import (
     FetchResumed,
     Handshaken,
     MessageSkipped,
+    PossibleGap,
     Reconnecting,
     ServerClosed,
     SubscriptionFailed,
@@ -787,6 +788,14 @@ class EndpointWorker:
             s.last_error = f"authentication failed: {event.error}"
         elif isinstance(event, ServerClosed):
             s.last_error = f"server closed the session: {event.error}"
+        elif isinstance(event, PossibleGap):
+            m.possible_gap(event.reason)
+            self._log.warning(
+                "events may be lost and the server cannot send them again",
+                reason=event.reason,
+                error=event.detail,
+                delivery=s.delivery,
+            )
 
     def _note_lost_session(self, reason: str) -> None:
         """A server without replay forgets what it queued for a session it dropped."""

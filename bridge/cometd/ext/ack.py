@@ -79,6 +79,8 @@ class AckExtension(Extension):
         self.duplicates_dropped = 0
         self.messages_shed = 0
         self._shedding = False
+        # Messages were left with the server (shed) and no batch has been recorded since.
+        self._shed_unreceived = False
         self._generation = 0
         self._acked = 0
         self._batches: deque[_Batch] = deque()
@@ -120,6 +122,15 @@ class AckExtension(Extension):
     def set_shedding(self, on: bool) -> None:
         self._shedding = on
 
+    def holds_ack(self) -> bool:
+        """True while the server keeps messages of this session that we have not acknowledged:
+        received but unconfirmed, or shed and not received again yet."""
+        return self.supported is True and (bool(self._batches) or self._shed_unreceived)
+
+    def awaits_resend(self) -> bool:
+        """True while messages shed while paused have not come back yet."""
+        return self.supported is True and self._shed_unreceived
+
     # -- wire --------------------------------------------------------------------------------
 
     async def outgoing(self, payload: Payload, headers: Headers) -> None:
@@ -160,6 +171,7 @@ class AckExtension(Extension):
     def _new_session(self) -> None:
         self._generation += 1
         self._acked = 0
+        self._shed_unreceived = False
         self._batches.clear()
         self._by_number.clear()
         self._unacked.clear()
@@ -192,7 +204,9 @@ class AckExtension(Extension):
             # Left unrecorded, this batch can never be acknowledged: the server keeps its
             # messages (and every later batch's) and re-sends them in each reply.
             self.messages_shed += shed
+            self._shed_unreceived = True
             return
+        self._shed_unreceived = False
         record = self._by_number.get(number)
         if record is None and number > self._acked:
             record = _Batch(number)
@@ -212,7 +226,13 @@ class AckExtension(Extension):
 
 
 def _fingerprint(message: Mapping[str, Any]) -> int:
-    return hash(json.dumps(message, sort_keys=True, separators=(",", ":"), default=repr))
+    try:
+        return hash(json.dumps(message, sort_keys=True, separators=(",", ":"), default=repr))
+    except (ValueError, TypeError, RecursionError):
+        # One message that cannot be serialised (circular, too deep, unsortable keys) must not
+        # fail its whole payload: it gets a fingerprint from what identifies it, so at worst a
+        # re-send of it is delivered once more (never lost).
+        return hash(("unserialisable", str(message.get("channel")), str(message.get("id"))))
 
 
 def _is_int(value: object) -> bool:

@@ -358,7 +358,9 @@ async def test_publish_reply_without_id_and_x_messages(
         nth=1,
     )
     fake_bayeux.on("/meta/handshake", patch_reply(**{"x-messages": 1}), nth=1)
-    async with make_client(fake_bayeux, recorder, ConnectionType.LONG_POLLING) as client:
+    # A server-side delivery (no subscription of ours): only taken when asked for.
+    client = make_client(fake_bayeux, recorder, ConnectionType.LONG_POLLING, only_subscribed=False)
+    async with client:
         assert client.pending_count == 1  # delivered with the handshake, before any connect
         assert (await client.receive())["data"] == {"n": "early"}
         reply = await client.publish(CHANNEL, {"n": 1})
