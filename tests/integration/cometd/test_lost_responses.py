@@ -48,7 +48,9 @@ async def receive_ns(client: Client, count: int) -> list[int]:
     return got
 
 
-async def lose_next_connect_with_events(fake: FakeBayeux, ns: range) -> None:
+async def lose_next_connect_with_events(
+    fake: FakeBayeux, ns: range, loss: Action | None = None
+) -> None:
     """The next /meta/connect carries the events ``ns``, and its response is lost."""
     held = fake.count("/meta/connect") + 1
     await fake.wait_for("/meta/connect", held)  # held until the fake's 1 s timeout
@@ -57,19 +59,56 @@ async def lose_next_connect_with_events(fake: FakeBayeux, ns: range) -> None:
         for n in ns:
             fake.publish(CHANNEL, {"n": n})
 
-    fake.on("/meta/connect", Action(before=publish, after=lose_response().after), nth=held + 1)
+    loss = loss or lose_response()
+
+    async def before(exchange: Exchange, message: dict[str, Any]) -> None:
+        await publish(exchange, message)
+        if loss.before is not None:
+            await loss.before(exchange, message)
+
+    fake.on("/meta/connect", Action(before=before, after=loss.after), nth=held + 1)
 
 
+class SlowAfterDequeue(Action):
+    """The server takes the events off its queue, then answers after the client gave up."""
+
+    def __init__(self, seconds: float) -> None:
+        async def after(exchange: Exchange, message: dict[str, Any]) -> None:
+            await asyncio.sleep(seconds)  # the scripted slow server
+
+        super().__init__(after=after, name="slow_after_dequeue")
+
+
+LOSSES = {
+    "cut_mid_body": lose_response(),
+    "invalid_utf8": lose_response(b'[{"channel": "/meta/connect", "x": "\xff\xfe"}]'),
+    "invalid_json": lose_response(b'[{"channel": '),
+    "over_max_response_size": lose_response(b"[" + b" " * 70_000 + b"]"),
+    "deadline_expired": SlowAfterDequeue(3.0),
+}
+
+
+@pytest.mark.parametrize("loss", sorted(LOSSES))
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_replay_session_rehandshakes_from_the_confirmed_position_after_a_lost_response(
-    fake_bayeux: FakeBayeux, recorder: Recorder, transport: ConnectionType
+    fake_bayeux: FakeBayeux, recorder: Recorder, transport: ConnectionType, loss: str
 ) -> None:
+    if loss == "invalid_utf8" and transport is ConnectionType.WEBSOCKET:
+        pytest.skip("a text frame cannot carry invalid UTF-8 (the socket fails: cut_mid_body)")
     fake_bayeux.on("/meta/handshake", patch_reply(ext={"replay": True}))
     confirmed = {CHANNEL: 41}
     replay = ReplayExtension(confirmed.get)
-    async with make_client(fake_bayeux, recorder, transport, extensions=[replay]) as client:
+    client = make_client(
+        fake_bayeux,
+        recorder,
+        transport,
+        extensions=[replay],
+        max_response_size=65_536,
+        network_delay=1.0,  # the deadline of the held connect: fake timeout (1 s) + 1 s
+    )
+    async with client:
         await client.subscribe(CHANNEL)
-        await lose_next_connect_with_events(fake_bayeux, range(2))
+        await lose_next_connect_with_events(fake_bayeux, range(2), LOSSES[loss])
         # A new session before any later event is accepted: its subscribe replays from the
         # confirmed position, so the lost events come back from the server.
         await recorder.wait_count(events.Handshaken, 2, limit=SHORT)
