@@ -112,20 +112,25 @@ def _connection_types(value: object) -> list[ConnectionType]:
 class Client:
     """A CometD client that keeps a session open in the background.
 
-    Messages are fetched before :meth:`receive` is called. Fetching (sending the next
-    ``/meta/connect``) stops while ``pending_count >= max_pending_count`` (or, when given,
-    ``pending_bytes >= max_pending_bytes``; bytes are approximate: each response's size shared
-    evenly among its messages) and resumes when the consumer makes room
-    (``FetchPaused``/``FetchResumed`` events, ``state == "paused"``).
-    A response already received is always accepted whole, so nothing is ever dropped:
-    the buffer may exceed its bounds by the size of one response (on
-    WebSocket, also by events the server pushes outside ``/meta/connect`` replies). A session
+    Messages are fetched before :meth:`receive` is called, within a bound that holds at every
+    moment: ``pending_count <= max_pending_count`` and ``pending_bytes <= max_pending_bytes``
+    (``pending_bytes`` is exact: the bytes of the buffered messages as received; one message
+    larger than ``max_pending_bytes`` is taken alone into an empty buffer).
+    ``max_pending_count <= 0`` means unbounded. A response (long-polling) or frame (WebSocket) is
+    decoded message by message as the buffer has room; meanwhile the transport reads nothing
+    more, so the rest stays in the socket and TCP holds it at the server. While the buffer is
+    full no new ``/meta/connect`` is sent either (``FetchPaused``/``FetchResumed`` events,
+    ``state == "paused"``); fetching resumes when the consumer makes room. A WebSocket frame
+    is at most ``max_frame_size`` bytes (default: ``max_pending_bytes`` when given, else
+    ``max_response_size``); a larger one closes the socket and is reported as a
+    ``MessageSkipped`` of reason ``oversize``. A session
     that expired while paused is re-handshaken (reason ``buffer_full``) and resubscribed.
-    ``max_pending_count <= 0`` means unbounded. With an extension that can shed
+    With an extension that can shed
     (:meth:`Extension.can_shed`, e.g. the ack extension on a server that acknowledges), the
     paused client instead keeps the session alive: a ``/meta/connect`` every
     ``min(timeout / 2, maxInterval / 3)`` of the server's advice, whose new messages the
-    extension removes (the server keeps them and sends them again after the pause).
+    extension removes as they are decoded (the server keeps them and sends them again after
+    the pause), so memory stays flat whatever the server re-sends.
 
     Network failures are repaired transparently (reconnect, re-handshake, resubscribe). If
     the connection cannot be restored for ``connection_timeout`` seconds, :meth:`receive`
@@ -148,6 +153,7 @@ class Client:
         json_loads: Callable[[str], Any] = json.loads,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         max_response_size: int = DEFAULT_MAX_RESPONSE_SIZE,
+        max_frame_size: int | None = None,
         listener: Listener | None = None,
         network_delay: float = 10.0,
         heartbeat: float = 15.0,
@@ -167,6 +173,7 @@ class Client:
         self._json_loads = json_loads
         self._max_message_size = max_message_size
         self._max_response_size = max_response_size
+        self._max_frame_size = max_frame_size or max_pending_bytes or max_response_size
         self._listener = listener
         self._network_delay = network_delay
         self._heartbeat = heartbeat
@@ -183,8 +190,9 @@ class Client:
         self._websocket_refused = False
         self._subscriptions: dict[str, None] = {}  # an ordered set
         self._buffer: deque[Message] = deque()
-        self._sizes: deque[int] = deque()  # parallel to _buffer: approximate bytes
+        self._sizes: deque[int] = deque()  # parallel to _buffer: bytes as received
         self._pending_bytes = 0
+        self._space = asyncio.Event()  # set when receive() takes from the buffer
         self._errors: deque[CometdError] = deque()
         self._fatal: CometdError | None = None
         self._wakeup = asyncio.Event()
@@ -224,7 +232,7 @@ class Client:
 
     @property
     def pending_bytes(self) -> int:
-        """Approximate bytes of the pending messages (each response's size shared evenly)."""
+        """Bytes of the pending messages as received (their encoded form; exact)."""
         return self._pending_bytes
 
     @property
@@ -363,6 +371,7 @@ class Client:
             if self._buffer and not self._errors:
                 message = self._buffer.popleft()
                 self._pending_bytes -= self._sizes.popleft()
+                self._space.set()
                 if self._fetch_paused and not self._full():
                     self._room.set()
                 return message
@@ -379,6 +388,7 @@ class Client:
                 messages = [buffer.popleft() for _ in range(count)]
                 sizes = self._sizes
                 self._pending_bytes -= sum(sizes.popleft() for _ in range(count))
+                self._space.set()
                 if self._fetch_paused and not self._full():
                     self._room.set()
                 return messages
@@ -738,15 +748,47 @@ class Client:
         limit = self._max_pending_bytes
         return limit is not None and self._pending_bytes >= limit
 
-    def _deliver(self, messages: list[Message], size: int) -> None:
+    def _admits(self, count: int, size: int) -> bool:
+        """Whether ``count`` more events of ``size`` bytes in all fit in the buffer now."""
+        buffered = len(self._buffer)
+        if not buffered and count == 1:
+            return True  # one message always fits an empty buffer, however large
+        if 0 < self._max_pending < buffered + count:
+            return False
+        limit = self._max_pending_bytes
+        return limit is None or self._pending_bytes + size <= limit
+
+    async def _wait_room(self, size: int) -> None:
+        """Hold a transport until one more event of ``size`` bytes fits in the buffer."""
+        if self._fetch_paused:  # already paused by the background task: no second event
+            while not self._admits(1, size):
+                self._space.clear()
+                await self._space.wait()
+            return
+        self._fetch_paused = True
+        state, self._state = self._state, ClientState.PAUSED
+        self._emit(FetchPaused(len(self._buffer)))
+        try:
+            while not self._admits(1, size) and not self._closed:
+                self._space.clear()
+                await self._space.wait()
+        finally:
+            self._fetch_paused = False
+            if self._state is ClientState.PAUSED:
+                self._state = state
+            self._emit(FetchResumed(len(self._buffer)))
+
+    def _deliver(self, messages: list[Message], sizes: list[int]) -> None:
         """Take events (and unsolicited replies) the transport did not match to a request."""
         buffer = self._buffer
-        sizes = self._sizes
+        buffered = self._sizes
         before = len(buffer)
-        for message in messages:
+        added = 0
+        for message, size in zip(messages, sizes, strict=True):
             if is_event(message):
                 buffer.append(message)
-                sizes.append(size)
+                buffered.append(size)
+                added += size
             elif (
                 message.get("channel") == META_DISCONNECT
                 and not self._closing
@@ -760,7 +802,7 @@ class Client:
                 self._set_fatal(ServerError(_CLOSED_BY_SERVER, message))
             # Anything else is a stale or unsolicited reply: discarded.
         if len(buffer) != before:
-            self._pending_bytes += size * (len(buffer) - before)
+            self._pending_bytes += added
             self._wakeup.set()
 
     def _on_skipped(self, reason: str, detail: str) -> None:
@@ -781,12 +823,20 @@ class Client:
                 json_loads=self._json_loads,
                 max_message_size=self._max_message_size,
                 max_response_size=self._max_response_size,
+                max_frame_size=self._max_frame_size,
                 network_delay=self._network_delay,
                 heartbeat=self._heartbeat,
                 headers=self._headers,
                 ssl=True if self.ssl is None else self.ssl,
             )
-            hooks = TransportHooks(self._outgoing, self._incoming, self._deliver, self._on_skipped)
+            hooks = TransportHooks(
+                self._outgoing,
+                self._incoming,
+                self._deliver,
+                self._on_skipped,
+                self._admits,
+                self._wait_room,
+            )
             transport = create_transport(connection_type, config, hooks)
             self._transports[connection_type] = transport
         return transport
@@ -870,4 +920,5 @@ class Client:
         self._closed = True
         self._state = ClientState.CLOSED
         self._room.set()
+        self._space.set()
         self._wakeup.set()

@@ -5,6 +5,15 @@ id takes the oldest waiting message of the same channel (D9). Messages that matc
 (events, server pushes, stale replies) go to ``hooks.on_messages``. Liveness comes from
 aiohttp's heartbeat (ping, and close when no pong arrives). Headers set by extensions are
 applied on every upgrade, and the client session's cookie jar is sent with it.
+
+Back-pressure: a frame's events go to the client's buffer only as it has room; meanwhile the
+reader reads no further frame, so aiohttp stops reading the socket (its frame queue is
+bounded) and the server's further frames wait in TCP. A frame is at most ``max_frame_size``
+bytes (aiohttp's ``max_msg_size``); a larger one closes the socket and is reported as a
+skipped message of reason ``oversize`` (the client reconnects; with replay it resumes from its
+watermark). While the reader waits for the application, the socket's liveness cannot be told
+(pongs wait unread too), so aiohttp's heartbeat is suspended until the reader goes on, and the
+deadline of a reply counts only time when the reader could read.
 """
 
 from __future__ import annotations
@@ -21,13 +30,14 @@ from ..exceptions import (
     TransportConnectionClosed,
     TransportTimeoutError,
 )
+from ..payload_stream import PayloadStream
 from ..protocol import META_CONNECT, ConnectionType, Message, is_event
 from .base import (
+    Delivery,
     Transport,
     TransportConfig,
     TransportHooks,
     cancel_quietly,
-    decode_payload,
     map_exceptions,
 )
 
@@ -49,6 +59,10 @@ class WebSocketTransport(Transport):
         # id -> (channel, future); insertion order is send order (for id-less replies).
         self._waiting: dict[str, tuple[str, asyncio.Future[Message]]] = {}
         self._open_lock = asyncio.Lock()
+        # Frames read so far, and whether the reader waits for room: a reply's deadline runs
+        # only while the reader could read.
+        self._frames = 0
+        self._held = False
 
     async def send(self, payload: list[Message], *, deadline: float) -> dict[str, Message]:
         headers: dict[str, str] = dict(self.config.headers)
@@ -67,7 +81,11 @@ class WebSocketTransport(Transport):
             with map_exceptions():
                 await ws.send_str(self.config.json_dumps(payload))
             if futures:
-                done, _ = await asyncio.wait(futures.values(), timeout=deadline)
+                while True:
+                    seen = self._frames
+                    done, _ = await asyncio.wait(futures.values(), timeout=deadline)
+                    if len(done) == len(futures) or not (self._held or self._frames != seen):
+                        break
                 if len(done) != len(futures):
                     if any(m.get("channel") == META_CONNECT for m in payload):
                         # A lost poll means a dead socket: close it so everything fails fast.
@@ -98,7 +116,7 @@ class WebSocketTransport(Transport):
                         headers=headers,
                         ssl=config.ssl,
                         heartbeat=config.heartbeat,
-                        max_msg_size=config.max_response_size,
+                        max_msg_size=config.max_frame_size,
                         autoping=True,
                     )
             self._ws = ws
@@ -109,14 +127,25 @@ class WebSocketTransport(Transport):
         # This task must never die with an exception: every failure ends in _fail_all.
         try:
             async for frame in ws:
+                self._frames += 1
                 if frame.type is aiohttp.WSMsgType.TEXT:
-                    await self._handle(frame.data)
+                    await self._handle(ws, frame.data)
                 elif frame.type is aiohttp.WSMsgType.BINARY:
                     self.hooks.on_skipped(
                         "invalid_json", f"binary frame of {len(frame.data)} bytes"
                     )
                 elif frame.type is aiohttp.WSMsgType.ERROR:
-                    log.debug("websocket error: %r", ws.exception())
+                    error = ws.exception()
+                    if (
+                        isinstance(error, aiohttp.WebSocketError)
+                        and error.code == aiohttp.WSCloseCode.MESSAGE_TOO_BIG
+                    ):
+                        self.hooks.on_skipped(
+                            "oversize",
+                            f"WebSocket frame over max_frame_size={self.config.max_frame_size}"
+                            " bytes; the socket is closed",
+                        )
+                    log.debug("websocket error: %r", error)
                     break
         except asyncio.CancelledError:
             raise
@@ -127,13 +156,18 @@ class WebSocketTransport(Transport):
                 self._ws = None
             self._fail_all(TransportConnectionClosed("WebSocket closed"))
 
-    async def _handle(self, text: str) -> None:
+    async def _handle(self, ws: aiohttp.ClientWebSocketResponse, text: str) -> None:
+        stream = PayloadStream(self.config.max_message_size, self.config.json_loads)
+        stream.feed(text.encode())
+        delivery = Delivery(self.hooks, self._route, None, lambda on: self._hold(ws, on))
         try:
-            messages = decode_payload(text, self.config, self.hooks)
-        except MalformedResponseError as exc:
-            log.debug("skipping websocket frame: %s", exc)
-            return
-        await self.hooks.incoming(messages, None)
+            await delivery.take(stream)
+            stream.close()
+        except (MalformedResponseError, ValueError) as exc:
+            log.debug("skipping the rest of a websocket frame: %s", exc)
+        await delivery.flush()
+
+    def _route(self, messages: list[Message]) -> list[Message]:
         waiting = self._waiting
         rest: list[Message] = []
         for message in messages:
@@ -151,8 +185,16 @@ class WebSocketTransport(Transport):
                     entry[1].set_result(message)
                     continue
             rest.append(message)
-        if rest:
-            self.hooks.on_messages(rest, len(text) // len(messages))
+        return rest
+
+    def _hold(self, ws: aiohttp.ClientWebSocketResponse, on: bool) -> None:
+        # No frame (not even a pong) is read while held: aiohttp's heartbeat would take the
+        # silence for a dead peer and close the socket, losing what the server has sent.
+        self._held = on
+        if on:
+            _call(ws, "_cancel_heartbeat")
+        elif not ws.closed:
+            _call(ws, "_reset_heartbeat")
 
     def _fail_all(self, error: Exception) -> None:
         for _, future in self._waiting.values():
@@ -177,3 +219,11 @@ class WebSocketTransport(Transport):
             # wait() rather than await: never swallow a cancellation of close() itself.
             await asyncio.wait({reader})
         self._fail_all(TransportConnectionClosed("transport closed"))
+
+
+def _call(ws: aiohttp.ClientWebSocketResponse, name: str) -> None:
+    # aiohttp has no public switch for its heartbeat; without these (another aiohttp) the
+    # heartbeat simply keeps running.
+    method = getattr(ws, name, None)
+    if callable(method):
+        method()
