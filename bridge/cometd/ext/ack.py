@@ -20,6 +20,14 @@ How a message is tied to its batch: :meth:`AckExtension.incoming` adds the key
 The key is only read back by :meth:`confirm`; it is not part of the message's ``data``. Tags of
 an earlier session are ignored (a new session starts with an empty server queue).
 
+A response is decoded and delivered in parts as the client's buffer has room, and the
+``/meta/connect`` reply that names the batch comes last (after the queued messages). The
+messages of the parts before it are matched against re-sends, shed or tagged as they pass (the
+tag, an :class:`AckTag` whose batch is filled in when the reply arrives, is the one object all
+of them share), so nothing of the response is held here but one fingerprint per new message.
+Re-sent messages are dropped part by part as they are decoded; new ones are shed only in the
+part that carries the reply (before it, a part may be a push the server does not keep).
+
 Holding the ack while the client's buffer is full (:meth:`AckExtension.can_shed`): the client
 keeps polling to keep the session alive, and each of those replies' new messages (never
 received before) is removed and counted in :attr:`AckExtension.messages_shed`. That loses
@@ -65,6 +73,21 @@ class _Batch:
         self.outstanding = 0
 
 
+class _Open:
+    """The part of a response received before its ``/meta/connect`` reply."""
+
+    __slots__ = ("confirmed", "expected", "matching", "new", "prints", "shed", "tag")
+
+    def __init__(self, tag: AckTag, expected: list[tuple[int, int]]) -> None:
+        self.tag = tag  # shared by its messages; the batch is set when the reply arrives
+        self.expected = iter(expected)
+        self.matching = True
+        self.new = 0
+        self.confirmed = 0  # confirmed before the batch was known
+        self.prints: list[int] = []
+        self.shed = 0
+
+
 class AckExtension(Extension):
     """Acknowledges a batch once every message of it (and of every earlier batch) is confirmed.
 
@@ -86,6 +109,7 @@ class AckExtension(Extension):
         # Messages received in batches the server may still re-send: (batch, fingerprint), in
         # arrival order. Pruned to batches above the ack each connect carries.
         self._unacked: deque[tuple[int, int]] = deque()
+        self._open: _Open | None = None
 
     @property
     def acked(self) -> int:
@@ -102,6 +126,10 @@ class AckExtension(Extension):
         this for every delivered message, also one it skips, or the ack stays held)."""
         tag = message.get(ACK_TAG)
         if not isinstance(tag, AckTag) or tag.generation != self._generation:
+            return
+        opened = self._open
+        if opened is not None and tag is opened.tag:
+            opened.confirmed += 1
             return
         batch = self._by_number.get(tag.batch)
         if batch is None or batch.outstanding <= 0:
@@ -129,6 +157,9 @@ class AckExtension(Extension):
                 self._new_session()
                 _ext(message)["ack"] = True
             elif channel == _CONNECT and self.supported:
+                # A response cut before its reply leaves its part unrecorded: the server
+                # re-sends those messages (it was never acknowledged).
+                self._open = None
                 _ext(message)["ack"] = self._acked
                 # The server drops batches <= acked; only later ones can come back.
                 unacked = self._unacked
@@ -151,7 +182,11 @@ class AckExtension(Extension):
                     self.supported = ack is True
             elif channel == _CONNECT and isinstance(ext, dict) and _is_int(ext.get("ack")):
                 batch = ext["ack"]
-        if batch is None or not self.supported:
+        if not self.supported:
+            return
+        if batch is None:
+            if any(is_event(m) for m in payload):
+                self._receive_part(payload)
             return
         self._receive_batch(payload, batch)
 
@@ -163,31 +198,52 @@ class AckExtension(Extension):
         self._batches.clear()
         self._by_number.clear()
         self._unacked.clear()
+        self._open = None
 
-    def _receive_batch(self, payload: Payload, number: int) -> None:
+    def _filter(
+        self, payload: Payload, opened: _Open, *, may_shed: bool
+    ) -> list[tuple[dict[str, Any], int]]:
+        """Drop re-sends and (while shedding) new messages; return the new ones kept."""
         # What the server re-sends comes first, in the order we received it before.
-        expected = iter(list(self._unacked))
-        matching = True
         keep: list[dict[str, Any]] = []
         new: list[tuple[dict[str, Any], int]] = []
-        shed = 0
         for message in payload:
             if not is_event(message):
                 keep.append(message)  # meta replies are never shed
                 continue
             fingerprint = _fingerprint(message)
-            if matching:
-                previous = next(expected, None)
+            if opened.matching:
+                previous = next(opened.expected, None)
                 if previous is not None and previous[1] == fingerprint:
                     self.duplicates_dropped += 1
                     continue
-                matching = False
-            if self._shedding:
-                shed += 1
+                opened.matching = False
+            if self._shedding and may_shed:
+                opened.shed += 1  # discarded here, one by one: nothing of it is kept
                 continue
             new.append((message, fingerprint))
             keep.append(message)
         payload[:] = keep
+        return new
+
+    def _receive_part(self, payload: Payload) -> None:
+        opened = self._open
+        if opened is None:
+            opened = self._open = _Open(AckTag(self._generation, 0), list(self._unacked))
+        # Not shed before the batch is known: a part without it may be a push the server does
+        # not keep (it is held instead; a long-poll response in flight keeps the session).
+        for message, fingerprint in self._filter(payload, opened, may_shed=False):
+            message[ACK_TAG] = opened.tag
+            opened.new += 1
+            opened.prints.append(fingerprint)
+
+    def _receive_batch(self, payload: Payload, number: int) -> None:
+        opened, self._open = self._open, None
+        early = opened is not None
+        if opened is None:
+            opened = _Open(AckTag(self._generation, number), list(self._unacked))
+        new = self._filter(payload, opened, may_shed=True)
+        shed = opened.shed
         if shed:
             # Left unrecorded, this batch can never be acknowledged: the server keeps its
             # messages (and every later batch's) and re-sends them in each reply.
@@ -198,7 +254,14 @@ class AckExtension(Extension):
             record = _Batch(number)
             self._batches.append(record)
             self._by_number[number] = record
-        tag = AckTag(self._generation, number)
+        tag = opened.tag
+        if early:
+            # The part's messages share this tag: from now on it names their batch. (A frozen
+            # tag is filled in once, here, before anything but this extension compares it.)
+            object.__setattr__(tag, "batch", number)
+            if record is not None:
+                record.outstanding += opened.new - opened.confirmed
+                self._unacked.extend((number, p) for p in opened.prints)
         for message, fingerprint in new:
             message[ACK_TAG] = tag
             if record is not None:
