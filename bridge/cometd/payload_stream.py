@@ -38,6 +38,7 @@ _START = 0  # before the top-level value
 _ITEMS = 1  # inside the top-level array, between items
 _ITEM = 2  # inside an item
 _END = 3  # after the top-level value
+_OTHER = 4  # the body is something else: kept (up to the cap) to say what at the end
 
 
 class Oversize(NamedTuple):
@@ -47,7 +48,15 @@ class Oversize(NamedTuple):
 
 
 class PayloadStreamError(ValueError):
-    """The body is not a JSON array or object (the text says where it went wrong)."""
+    """The body is not a JSON array or object (the text says where it went wrong).
+
+    ``reason`` is ``not_bayeux`` for a body that is JSON but not an array or object,
+    ``invalid_json`` otherwise.
+    """
+
+    def __init__(self, text: str, reason: str = "invalid_json") -> None:
+        super().__init__(text)
+        self.reason = reason
 
 
 class PayloadStream:
@@ -106,6 +115,15 @@ class PayloadStream:
     def close(self) -> None:
         """The body ended: raise PayloadStreamError if the top-level value is incomplete."""
         self._closed = True
+        if self._state == _OTHER:
+            body = self._buf[self._start :]
+            try:
+                self._loads(body.decode())
+            except (ValueError, TypeError, RecursionError):
+                raise PayloadStreamError(self._where("body is not JSON")) from None
+            raise PayloadStreamError(
+                self._where("body is not a JSON array or object"), "not_bayeux"
+            )
         if self._state != _END:
             raise PayloadStreamError(self._where("body ended before the JSON value"))
         rest = self._buf[self._pos :].strip(_WHITESPACE)
@@ -174,8 +192,14 @@ class PayloadStream:
                     self._single = True
                     self._begin_item(pos)
                 else:
-                    raise PayloadStreamError(self._where("body is not a JSON array or object"))
+                    self._state = _OTHER
+                    self._start = pos
                 continue
+            if state == _OTHER:
+                if end - self._start > self._cap:
+                    raise PayloadStreamError(self._where("body is not a JSON array or object"))
+                self._pos = end
+                return None
             # _END: only whitespace may follow (checked by close()).
             self._pos = pos
             self._start = pos

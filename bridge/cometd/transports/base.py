@@ -171,7 +171,7 @@ class Delivery:
             try:
                 item = stream.next()
             except PayloadStreamError as exc:
-                hooks.on_skipped("invalid_json", str(exc)[: _SAMPLE + 60])
+                hooks.on_skipped(exc.reason, str(exc)[: _SAMPLE + 60])
                 raise MalformedResponseError(f"response is not JSON: {exc}") from None
             if item is None:
                 return

@@ -83,7 +83,7 @@ class LongPollingTransport(Transport):
                 try:
                     stream.close()
                 except PayloadStreamError as exc:
-                    self.hooks.on_skipped("invalid_json", str(exc)[:260])
+                    self.hooks.on_skipped(exc.reason, str(exc)[:260])
                     raise MalformedResponseError(f"response is not JSON: {exc}") from None
                 await delivery.flush()
         return replies
