@@ -193,6 +193,8 @@ class Client:
         self._sizes: deque[int] = deque()  # parallel to _buffer: bytes as received
         self._pending_bytes = 0
         self._space = asyncio.Event()  # set when receive() takes from the buffer
+        # The extension shedding the rest of the current long-poll response (buffer full).
+        self._shedding_response: Extension | None = None
         self._errors: deque[CometdError] = deque()
         self._fatal: CometdError | None = None
         self._wakeup = asyncio.Event()
@@ -753,19 +755,23 @@ class Client:
         buffered = len(self._buffer)
         if not buffered and count == 1:
             return True  # one message always fits an empty buffer, however large
-        if any(e.can_shed() for e in self.extensions):
-            # A server that acknowledges expires a session whose response we stop reading
-            # (it counts the response as sent): take the response whole, then pause and keep
-            # the session alive with shedding keep-alives. Known gap: on such a server the
-            # buffer may exceed its bound by one response.
-            return True
         if 0 < self._max_pending < buffered + count:
             return False
         limit = self._max_pending_bytes
         return limit is None or self._pending_bytes + size <= limit
 
     async def _wait_room(self, size: int) -> None:
-        """Hold a transport until one more event of ``size`` bytes fits in the buffer."""
+        """Hold a transport until one more event of ``size`` bytes fits in the buffer.
+
+        With an extension that can shed, on the long-poll ``/meta/connect``, the hold lasts at
+        most one keep-alive pace: a server that acknowledges counts a response as sent once
+        it is in the socket and expires a session that reads no further. The rest of the
+        response is then shed, message by message as it is decoded (the server keeps it and
+        sends it again): memory stays flat however large the re-sent backlog.
+        """
+        shedder = self._response_shedder()
+        if shedder is not None and (self._shedding_response is not None or self._fetch_paused):
+            return  # this response is being shed (a keep-alive, or held too long already)
         if self._fetch_paused:  # already paused by the background task: no second event
             while not self._admits(1, size):
                 self._space.clear()
@@ -775,14 +781,32 @@ class Client:
         state, self._state = self._state, ClientState.PAUSED
         self._emit(FetchPaused(len(self._buffer)))
         try:
-            while not self._admits(1, size) and not self._closed:
-                self._space.clear()
-                await self._space.wait()
+            async with asyncio.timeout(self._keepalive_pace() if shedder else None):
+                while not self._admits(1, size) and not self._closed:
+                    self._space.clear()
+                    await self._space.wait()
+        except TimeoutError:
+            assert shedder is not None  # no timeout without a shedder
+            shedder.set_shedding(True)
+            self._shedding_response = shedder
         finally:
             self._fetch_paused = False
             if self._state is ClientState.PAUSED:
                 self._state = state
             self._emit(FetchResumed(len(self._buffer)))
+
+    def _response_shedder(self) -> Extension | None:
+        transport = self._transport
+        if not self._polling or transport is None:
+            return None
+        if transport.connection_type is not ConnectionType.LONG_POLLING:
+            return None
+        return next((e for e in self.extensions if e.can_shed()), None)
+
+    def _response_done(self) -> None:
+        shedder, self._shedding_response = self._shedding_response, None
+        if shedder is not None:
+            shedder.set_shedding(False)
 
     def _deliver(self, messages: list[Message], sizes: list[int]) -> None:
         """Take events (and unsolicited replies) the transport did not match to a request."""
@@ -842,6 +866,7 @@ class Client:
                 self._on_skipped,
                 self._admits,
                 self._wait_room,
+                self._response_done,
             )
             transport = create_transport(connection_type, config, hooks)
             self._transports[connection_type] = transport

@@ -88,6 +88,16 @@ class _Open:
         self.shed = 0
 
 
+class _Carry:
+    """The kept part of a response whose rest was shed: unacknowledged until a later batch."""
+
+    __slots__ = ("outstanding", "tag")
+
+    def __init__(self, tag: AckTag, outstanding: int) -> None:
+        self.tag = tag
+        self.outstanding = outstanding
+
+
 class AckExtension(Extension):
     """Acknowledges a batch once every message of it (and of every earlier batch) is confirmed.
 
@@ -110,6 +120,7 @@ class AckExtension(Extension):
         # arrival order. Pruned to batches above the ack each connect carries.
         self._unacked: deque[tuple[int, int]] = deque()
         self._open: _Open | None = None
+        self._carried: list[_Carry] = []
 
     @property
     def acked(self) -> int:
@@ -131,6 +142,10 @@ class AckExtension(Extension):
         if opened is not None and tag is opened.tag:
             opened.confirmed += 1
             return
+        for carry in self._carried:
+            if tag is carry.tag:
+                carry.outstanding -= 1
+                return
         batch = self._by_number.get(tag.batch)
         if batch is None or batch.outstanding <= 0:
             return
@@ -186,7 +201,11 @@ class AckExtension(Extension):
             return
         if batch is None:
             if any(is_event(m) for m in payload):
-                self._receive_part(payload)
+                # A part of a long-poll response (headers given) is a part of a /meta/connect
+                # reply: a server that acknowledges delivers only there (cometd's
+                # metaConnectDeliveryOnly). Anything else (a WebSocket push) is never shed: the
+                # server may not keep it.
+                self._receive_part(payload, may_shed=headers is not None)
             return
         self._receive_batch(payload, batch)
 
@@ -199,6 +218,7 @@ class AckExtension(Extension):
         self._by_number.clear()
         self._unacked.clear()
         self._open = None
+        self._carried.clear()
 
     def _filter(
         self, payload: Payload, opened: _Open, *, may_shed: bool
@@ -226,13 +246,11 @@ class AckExtension(Extension):
         payload[:] = keep
         return new
 
-    def _receive_part(self, payload: Payload) -> None:
+    def _receive_part(self, payload: Payload, *, may_shed: bool) -> None:
         opened = self._open
         if opened is None:
             opened = self._open = _Open(AckTag(self._generation, 0), list(self._unacked))
-        # Not shed before the batch is known: a part without it may be a push the server does
-        # not keep (it is held instead; a long-poll response in flight keeps the session).
-        for message, fingerprint in self._filter(payload, opened, may_shed=False):
+        for message, fingerprint in self._filter(payload, opened, may_shed=may_shed):
             message[ACK_TAG] = opened.tag
             opened.new += 1
             opened.prints.append(fingerprint)
@@ -248,12 +266,23 @@ class AckExtension(Extension):
             # Left unrecorded, this batch can never be acknowledged: the server keeps its
             # messages (and every later batch's) and re-sends them in each reply.
             self.messages_shed += shed
+            if early and opened.new:
+                # The part kept before shedding began is re-sent first next time (recognised
+                # as re-sends), and its confirms count towards the next batch recorded: the
+                # server keeps it in this batch, which only an ack of a later one covers.
+                self._unacked.extend((number, p) for p in opened.prints)
+                self._carried.append(_Carry(opened.tag, opened.new - opened.confirmed))
             return
         record = self._by_number.get(number)
         if record is None and number > self._acked:
             record = _Batch(number)
             self._batches.append(record)
             self._by_number[number] = record
+        if record is not None and self._carried:
+            for carry in self._carried:
+                object.__setattr__(carry.tag, "batch", number)
+                record.outstanding += carry.outstanding
+            self._carried.clear()
         tag = opened.tag
         if early:
             # The part's messages share this tag: from now on it names their batch. (A frozen

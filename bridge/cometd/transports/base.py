@@ -74,6 +74,8 @@ class TransportHooks:
     admits: Callable[[int, int], bool] = lambda count, size: True
     #: Returns once one more event of ``size`` bytes fits in the client's buffer.
     wait_room: Callable[[int], Awaitable[None]] = lambda size: asyncio.sleep(0)
+    #: A response is over (complete or failed): whatever held for its length ends.
+    response_done: Callable[[], None] = lambda: None
 
 
 class Transport(ABC):

@@ -45,6 +45,15 @@ class LongPollingTransport(Transport):
         headers["Content-Type"] = "application/json;charset=UTF-8"
         await self.hooks.outgoing(payload, headers)
         data = config.json_dumps(payload)
+        try:
+            return await self._exchange(payload, data, headers, deadline)
+        finally:
+            self.hooks.response_done()
+
+    async def _exchange(
+        self, payload: list[Message], data: str, headers: dict[str, str], deadline: float
+    ) -> dict[str, Message]:
+        config = self.config
         with map_exceptions():
             async with asyncio.timeout(deadline):
                 response = await config.session.post(

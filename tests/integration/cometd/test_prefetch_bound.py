@@ -32,7 +32,8 @@ def _encoded_size(message: dict[str, Any]) -> int:
 
 
 class Bounded:
-    """Checks the bound at every client event (called synchronously inside the client)."""
+    """Checks the bound at every client event (called synchronously inside the client, which
+    logs a listener's exception: ``worst`` keeps what was seen for the test to assert)."""
 
     def __init__(self, recorder: Recorder, count: int, size: int | None) -> None:
         self.recorder = recorder
@@ -44,6 +45,12 @@ class Bounded:
     def __call__(self, event: events.ClientEvent) -> None:
         self.check()
         self.recorder(event)
+
+    def assert_held(self) -> None:
+        if self.count > 0:
+            assert self.worst[0] <= self.count, f"pending_count reached {self.worst[0]}"
+        if self.size is not None:
+            assert self.worst[1] <= self.size, f"pending_bytes reached {self.worst[1]}"
 
     def check(self) -> None:
         client = self.client
@@ -112,3 +119,4 @@ async def test_pending_never_exceeds_the_bound_and_all_arrive_once(
         assert seqs == expected, f"missing {missing[:10]}, {len(seqs) - len(set(seqs))} twice"
         assert client.pending_count == 0
         assert client.pending_bytes == 0
+    bounded.assert_held()
