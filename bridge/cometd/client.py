@@ -123,12 +123,14 @@ class Client:
     ``state == "paused"``); fetching resumes when the consumer makes room. A WebSocket frame
     is at most ``max_frame_size`` bytes (default: ``max_pending_bytes`` when given, else
     ``max_response_size``); a larger one closes the socket and is reported as a
-    ``MessageSkipped`` of reason ``oversize``. A session
+    ``MessageSkipped`` of reason ``oversize``. A long-poll response has no total cap (it is
+    never held whole); each message is capped by ``max_message_size``. A session
     that expired while paused is re-handshaken (reason ``buffer_full``) and resubscribed.
     With an extension that can shed
-    (:meth:`Extension.can_shed`, e.g. the ack extension on a server that acknowledges), the
-    paused client instead keeps the session alive: a ``/meta/connect`` every
-    ``min(timeout / 2, maxInterval / 3)`` of the server's advice, whose new messages the
+    (:meth:`Extension.can_shed`, e.g. the ack extension on a server that acknowledges), a
+    long-poll response is held at most one keep-alive pace, ``min(timeout / 2,
+    maxInterval / 3)`` of the server's advice, then the rest of it is shed; the paused client
+    then keeps the session alive with a ``/meta/connect`` at that pace, whose new messages the
     extension removes as they are decoded (the server keeps them and sends them again after
     the pause), so memory stays flat whatever the server re-sends.
 
@@ -193,6 +195,7 @@ class Client:
         self._sizes: deque[int] = deque()  # parallel to _buffer: bytes as received
         self._pending_bytes = 0
         self._space = asyncio.Event()  # set when receive() takes from the buffer
+        self._held_until: float | None = None  # when the last hold of a response ended
         # The extension shedding the rest of the current long-poll response (buffer full).
         self._shedding_response: Extension | None = None
         self._errors: deque[CometdError] = deque()
@@ -524,7 +527,9 @@ class Client:
         decision = self._decide_connect(reply)
         if successful:
             self._on_connected()
-        elif decision.reason == "unknown_session" and self._paused_since_connect:
+        elif decision.reason == "unknown_session" and (
+            self._paused_since_connect or self._lost_to_held_response()
+        ):
             # The session expired because we stopped fetching while the buffer was full.
             decision = replace(decision, reason="buffer_full")
         if decision.action is Action.CLOSE:
@@ -791,9 +796,16 @@ class Client:
             self._shedding_response = shedder
         finally:
             self._fetch_paused = False
+            self._held_until = self._now()
             if self._state is ClientState.PAUSED:
                 self._state = state
             self._emit(FetchResumed(len(self._buffer)))
+
+    def _lost_to_held_response(self) -> bool:
+        """A session lost now may have expired while a response was held (buffer full): the
+        server counts its expiry from when it sent the response, not from when we read it."""
+        held = self._held_until
+        return held is not None and self._now() - held <= self._advice.session_expiry
 
     def _response_shedder(self) -> Extension | None:
         transport = self._transport
@@ -938,6 +950,7 @@ class Client:
         self._unconnected_since = None
         self._fetch_paused = False
         self._paused_since_connect = False
+        self._held_until = None
 
     async def _teardown(self) -> None:
         for transport in self._transports.values():
