@@ -59,10 +59,10 @@ class WebSocketTransport(Transport):
         # id -> (channel, future); insertion order is send order (for id-less replies).
         self._waiting: dict[str, tuple[str, asyncio.Future[Message]]] = {}
         self._open_lock = asyncio.Lock()
-        # Frames read so far, and whether the reader waits for room: a reply's deadline runs
-        # only while the reader could read.
-        self._frames = 0
-        self._held = False
+        # Seconds the reader has waited for room (for the application): a reply's deadline
+        # runs only while the reader could read. _held_since: when the current wait began.
+        self._held_total = 0.0
+        self._held_since: float | None = None
 
     async def send(self, payload: list[Message], *, deadline: float) -> dict[str, Message]:
         headers: dict[str, str] = dict(self.config.headers)
@@ -81,10 +81,13 @@ class WebSocketTransport(Transport):
             with map_exceptions():
                 await ws.send_str(self.config.json_dumps(payload))
             if futures:
+                remaining = deadline
                 while True:
-                    seen = self._frames
-                    done, _ = await asyncio.wait(futures.values(), timeout=deadline)
-                    if len(done) == len(futures) or not (self._held or self._frames != seen):
+                    held = self._held_seconds()
+                    done, _ = await asyncio.wait(futures.values(), timeout=remaining)
+                    # The time the reader was held does not count: wait that long again.
+                    remaining = self._held_seconds() - held
+                    if len(done) == len(futures) or remaining <= 0:
                         break
                 if len(done) != len(futures):
                     if any(m.get("channel") == META_CONNECT for m in payload):
@@ -127,7 +130,6 @@ class WebSocketTransport(Transport):
         # This task must never die with an exception: every failure ends in _fail_all.
         try:
             async for frame in ws:
-                self._frames += 1
                 if frame.type is aiohttp.WSMsgType.TEXT:
                     await self._handle(ws, frame.data)
                 elif frame.type is aiohttp.WSMsgType.BINARY:
@@ -190,11 +192,20 @@ class WebSocketTransport(Transport):
     def _hold(self, ws: aiohttp.ClientWebSocketResponse, on: bool) -> None:
         # No frame (not even a pong) is read while held: aiohttp's heartbeat would take the
         # silence for a dead peer and close the socket, losing what the server has sent.
-        self._held = on
+        now = asyncio.get_running_loop().time()
         if on:
-            _call(ws, "_cancel_heartbeat")
-        elif not ws.closed:
-            _call(ws, "_reset_heartbeat")
+            self._held_since = now
+            _suspend_heartbeat(ws)
+        else:
+            if self._held_since is not None:
+                self._held_total += now - self._held_since
+                self._held_since = None
+            _resume_heartbeat(ws, self.config.heartbeat)
+
+    def _held_seconds(self) -> float:
+        since = self._held_since
+        now = asyncio.get_running_loop().time()
+        return self._held_total + (now - since if since is not None else 0.0)
 
     def _fail_all(self, error: Exception) -> None:
         for _, future in self._waiting.values():
@@ -221,9 +232,19 @@ class WebSocketTransport(Transport):
         self._fail_all(TransportConnectionClosed("transport closed"))
 
 
-def _call(ws: aiohttp.ClientWebSocketResponse, name: str) -> None:
-    # aiohttp has no public switch for its heartbeat; without these (another aiohttp) the
-    # heartbeat simply keeps running.
-    method = getattr(ws, name, None)
-    if callable(method):
-        method()
+def _suspend_heartbeat(ws: aiohttp.ClientWebSocketResponse) -> None:
+    # aiohttp has no public switch for its heartbeat. With ``_heartbeat`` None it neither
+    # pings nor re-arms on the data still arriving until its frame queue is full; without
+    # these attributes (another aiohttp) the heartbeat simply keeps running.
+    if hasattr(ws, "_heartbeat") and callable(getattr(ws, "_cancel_heartbeat", None)):
+        ws._heartbeat = None
+        ws._cancel_heartbeat()
+
+
+def _resume_heartbeat(ws: aiohttp.ClientWebSocketResponse, heartbeat: float) -> None:
+    if not heartbeat or ws.closed or not hasattr(ws, "_heartbeat") or ws._heartbeat is not None:
+        return
+    reset = getattr(ws, "_reset_heartbeat", None)
+    if callable(reset):
+        ws._heartbeat = heartbeat
+        reset()

@@ -120,3 +120,35 @@ async def test_pending_never_exceeds_the_bound_and_all_arrive_once(
         assert client.pending_count == 0
         assert client.pending_bytes == 0
     bounded.assert_held()
+
+
+async def test_a_websocket_held_longer_than_its_deadlines_keeps_its_socket(
+    faye_server: NodeBayeuxServer, recorder: Recorder
+) -> None:
+    # While the buffer is full the reader reads nothing, not even pongs or the /meta/connect
+    # reply: neither the heartbeat (pong within 1 s) nor the poll deadline (2 s hold + 1 s)
+    # may take that for a dead socket, or faye's pushed messages would be lost with it.
+    bounded = Bounded(recorder, BOUND, None)
+    client = Client(
+        faye_server.url,
+        ConnectionType.WEBSOCKET,
+        max_pending_count=BOUND,
+        network_delay=1.0,
+        heartbeat=2.0,
+        listener=bounded,
+    )
+    bounded.client = client
+    async with client:
+        await client.subscribe(CHANNEL)
+        # Far more than aiohttp's frame queue holds (2 x 64 KB): it stops reading the socket.
+        published = await faye_server.publish(CHANNEL, 400, size=2000)
+        await recorder.wait_count(events.FetchPaused, 1)
+        # The stall is the point of the test (several deadlines long), not a synchronisation.
+        await asyncio.sleep(6.0)
+        seqs: list[int] = []
+        async with asyncio.timeout(WAIT):
+            while len(seqs) < 400:
+                seqs += [m["data"]["seq"] for m in await client.receive_many(7)]
+        assert seqs == list(range(published["first_seq"], published["last_seq"] + 1))
+        assert recorder.of(events.Reconnecting) == []
+    bounded.assert_held()
