@@ -182,16 +182,20 @@ class Delivery:
                     "oversize", f"message of {item.size} bytes (max_message_size exceeded)"
                 )
                 continue
-            message, size = item
-            if isinstance(message, dict) and is_event(message):
-                if not hooks.admits(self._events + 1, self._bytes + size):
-                    await self.flush()
-                    if not hooks.admits(1, size):
-                        await self._wait_room(size)
-                self._events += 1
-                self._bytes += size
-            self._group.append(message)
-            self._sizes[id(message)] = size
+            await self.add(*item)
+
+    async def add(self, message: Any, size: int) -> None:
+        """Take one decoded item of ``size`` bytes (waiting for room if it is an event)."""
+        if isinstance(message, dict) and is_event(message):
+            hooks = self._hooks
+            if not hooks.admits(self._events + 1, self._bytes + size):
+                await self.flush()
+                if not hooks.admits(1, size):
+                    await self._wait_room(size)
+            self._events += 1
+            self._bytes += size
+        self._group.append(message)
+        self._sizes[id(message)] = size
 
     async def _wait_room(self, size: int) -> None:
         hooks, held = self._hooks, self._held

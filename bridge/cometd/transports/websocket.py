@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import aiohttp
 
@@ -45,6 +45,10 @@ from .base import (
 __all__ = ["WebSocketTransport"]
 
 log = logging.getLogger(__name__)
+
+# Frames up to this size are first decoded whole (the common one-message frame); larger ones
+# are split incrementally.
+_SMALL_FRAME = 64 * 1024
 
 
 class WebSocketTransport(Transport):
@@ -159,15 +163,36 @@ class WebSocketTransport(Transport):
             self._fail_all(TransportConnectionClosed("WebSocket closed"))
 
     async def _handle(self, ws: aiohttp.ClientWebSocketResponse, text: str) -> None:
+        delivery = Delivery(self.hooks, self._route, None, lambda on: self._hold(ws, on))
+        if len(text) <= _SMALL_FRAME:
+            one = self._one_message(text)
+            if one is not None:
+                await delivery.add(*one)
+                await delivery.flush()
+                return
         stream = PayloadStream(self.config.max_message_size, self.config.json_loads)
         stream.feed(text.encode())
-        delivery = Delivery(self.hooks, self._route, None, lambda on: self._hold(ws, on))
         try:
             await delivery.take(stream)
             stream.close()
         except (MalformedResponseError, ValueError) as exc:
             log.debug("skipping the rest of a websocket frame: %s", exc)
         await delivery.flush()
+
+    def _one_message(self, text: str) -> tuple[Any, int] | None:
+        """A frame holding one message (faye pushes each in its own) decoded whole, with its
+        size; None for anything else (the incremental path decodes and reports it)."""
+        try:
+            obj = self.config.json_loads(text)
+        except (ValueError, TypeError, RecursionError):
+            return None
+        if not isinstance(obj, list) or len(obj) != 1:
+            return None
+        inner = text.strip()[1:-1].strip()
+        size = len(inner) if inner.isascii() else len(inner.encode())
+        if size > self.config.max_message_size:
+            return None
+        return obj[0], size
 
     def _route(self, messages: list[Message]) -> list[Message]:
         waiting = self._waiting
