@@ -295,6 +295,7 @@ class Client:
             return
         self._state = ClientState.CLOSING
         self._closing = True
+        self._space.set()  # a response held for room now drains into the buffer (see _admits)
         task, self._task = self._task, None
         polite = self._fatal is None and self._factory.client_id is not None and self._transport
         disconnected = False
@@ -758,8 +759,11 @@ class Client:
     def _admits(self, count: int, size: int) -> bool:
         """Whether ``count`` more events of ``size`` bytes in all fit in the buffer now."""
         buffered = len(self._buffer)
-        if not buffered and count == 1:
-            return True  # one message always fits an empty buffer, however large
+        if (not buffered and count == 1) or self._closing:
+            # One message always fits an empty buffer, however large. Closing: the rest of a
+            # held response is taken (the server counts it as delivered; receive() still
+            # returns the buffer after close), not left in a socket about to be closed.
+            return True
         if 0 < self._max_pending < buffered + count:
             return False
         limit = self._max_pending_bytes

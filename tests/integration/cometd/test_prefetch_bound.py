@@ -152,3 +152,25 @@ async def test_a_websocket_held_longer_than_its_deadlines_keeps_its_socket(
         assert seqs == list(range(published["first_seq"], published["last_seq"] + 1))
         assert recorder.of(events.Reconnecting) == []
     bounded.assert_held()
+
+
+async def test_close_takes_the_rest_of_a_held_response(
+    cometd_server: NodeBayeuxServer, recorder: Recorder
+) -> None:
+    # cometd-nodejs-server counts a response as delivered once written: closing the client
+    # must not leave the unread rest of a held response in the socket it closes.
+    client = Client(
+        cometd_server.url,
+        ConnectionType.LONG_POLLING,
+        max_pending_count=BOUND,
+        listener=recorder,
+    )
+    async with client:
+        await client.subscribe(CHANNEL)
+        published = await cometd_server.publish(CHANNEL, 400, size=100)
+        await recorder.wait_count(events.FetchPaused, 1)
+    seqs: list[int] = []
+    async with asyncio.timeout(WAIT):
+        while client.has_pending_messages:
+            seqs += [m["data"]["seq"] for m in await client.receive_many(100)]
+    assert seqs == list(range(published["first_seq"], published["last_seq"] + 1))
