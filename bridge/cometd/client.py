@@ -123,7 +123,10 @@ class Client:
     ``state == "paused"``); fetching resumes when the consumer makes room. A WebSocket frame
     is at most ``max_frame_size`` bytes (default: ``max_pending_bytes`` when given, else
     ``max_response_size``); a larger one closes the socket and is reported as a
-    ``MessageSkipped`` of reason ``oversize``. A long-poll response has no total cap (it is
+    ``MessageSkipped`` of reason ``oversize``. On WebSocket a reply waits behind the messages
+    held in the socket: while the buffer is full, consume concurrently with
+    :meth:`publish`/:meth:`subscribe` (on long-polling their responses are never held; events
+    they carry, rare, may exceed the bound). A long-poll response has no total cap (it is
     never held whole); each message is capped by ``max_message_size``. A session
     that expired while paused is re-handshaken (reason ``buffer_full``) and resubscribed.
     With an extension that can shed

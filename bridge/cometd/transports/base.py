@@ -148,7 +148,17 @@ class Delivery:
     meanwhile nothing more is decoded or read, so the rest of the response waits in the socket.
     """
 
-    __slots__ = ("_bytes", "_events", "_group", "_headers", "_held", "_hooks", "_route", "_sizes")
+    __slots__ = (
+        "_bytes",
+        "_events",
+        "_group",
+        "_headers",
+        "_held",
+        "_hooks",
+        "_may_wait",
+        "_route",
+        "_sizes",
+    )
 
     def __init__(
         self,
@@ -156,8 +166,11 @@ class Delivery:
         route: Callable[[list[Message]], list[Message]],
         headers: Mapping[str, str] | None,
         held: Callable[[bool], None] | None = None,
+        *,
+        may_wait: bool = True,
     ) -> None:
         self._hooks = hooks
+        self._may_wait = may_wait
         self._route = route
         self._headers = headers
         self._held = held
@@ -186,7 +199,7 @@ class Delivery:
 
     async def add(self, message: Any, size: int) -> None:
         """Take one decoded item of ``size`` bytes (waiting for room if it is an event)."""
-        if isinstance(message, dict) and is_event(message):
+        if self._may_wait and isinstance(message, dict) and is_event(message):
             hooks = self._hooks
             if not hooks.admits(self._events + 1, self._bytes + size):
                 await self.flush()

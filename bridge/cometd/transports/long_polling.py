@@ -22,7 +22,7 @@ import aiohttp
 
 from ..exceptions import HTTPStatusError, MalformedResponseError
 from ..payload_stream import PayloadStream, PayloadStreamError
-from ..protocol import ConnectionType, Message, split_replies
+from ..protocol import META_CONNECT, ConnectionType, Message, split_replies
 from .base import Delivery, Transport, map_exceptions
 
 
@@ -79,7 +79,11 @@ class LongPollingTransport(Transport):
                     replies.update(matched)
                     return rest
 
-                delivery = Delivery(self.hooks, route, response.headers)
+                # Only the /meta/connect response waits for room: a publish or subscribe the
+                # application awaits must not wait for the application to consume (servers
+                # put at most a few queued messages there; the poll takes the queue).
+                polls = any(m.get("channel") == META_CONNECT for m in payload)
+                delivery = Delivery(self.hooks, route, response.headers, may_wait=polls)
                 stream = PayloadStream(config.max_message_size, config.json_loads)
                 content = response.content
                 while True:
