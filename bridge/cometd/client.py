@@ -120,20 +120,30 @@ def _connection_types(value: object) -> list[ConnectionType]:
 class Client:
     """A CometD client that keeps a session open in the background.
 
-    Messages are fetched before :meth:`receive` is called. Fetching (sending the next
-    ``/meta/connect``) stops while ``pending_count >= max_pending_count`` (or, when given,
-    ``pending_bytes >= max_pending_bytes``; bytes are approximate: each response's size shared
-    evenly among its messages) and resumes when the consumer makes room
-    (``FetchPaused``/``FetchResumed`` events, ``state == "paused"``).
-    A response already received is always accepted whole, so nothing is ever dropped:
-    the buffer may exceed its bounds by the size of one response (on
-    WebSocket, also by events the server pushes outside ``/meta/connect`` replies). A session
+    Messages are fetched before :meth:`receive` is called, within a bound that holds at every
+    moment: ``pending_count <= max_pending_count`` and ``pending_bytes <= max_pending_bytes``
+    (``pending_bytes`` is exact: the bytes of the buffered messages as received; one message
+    larger than ``max_pending_bytes`` is taken alone into an empty buffer).
+    ``max_pending_count <= 0`` means unbounded. A response (long-polling) or frame (WebSocket) is
+    decoded message by message as the buffer has room; meanwhile the transport reads nothing
+    more, so the rest stays in the socket and TCP holds it at the server. While the buffer is
+    full no new ``/meta/connect`` is sent either (``FetchPaused``/``FetchResumed`` events,
+    ``state == "paused"``); fetching resumes when the consumer makes room. A WebSocket frame
+    is at most ``max_frame_size`` bytes (default: ``max_pending_bytes`` when given, else
+    ``max_response_size``); a larger one closes the socket and is reported as a
+    ``MessageSkipped`` of reason ``oversize``. On WebSocket a reply waits behind the messages
+    held in the socket: while the buffer is full, consume concurrently with
+    :meth:`publish`/:meth:`subscribe` (on long-polling their responses are never held; events
+    they carry, rare, may exceed the bound). A long-poll response has no total cap (it is
+    never held whole); each message is capped by ``max_message_size``. A session
     that expired while paused is re-handshaken (reason ``buffer_full``) and resubscribed.
-    ``max_pending_count <= 0`` means unbounded. With an extension that can shed
-    (:meth:`Extension.can_shed`, e.g. the ack extension on a server that acknowledges), the
-    paused client instead keeps the session alive: a ``/meta/connect`` every
-    ``min(timeout / 2, maxInterval / 3)`` of the server's advice, whose new messages the
-    extension removes (the server keeps them and sends them again after the pause).
+    With an extension that can shed
+    (:meth:`Extension.can_shed`, e.g. the ack extension on a server that acknowledges), a
+    long-poll response is held at most one keep-alive pace, ``min(timeout / 2,
+    maxInterval / 3)`` of the server's advice, then the rest of it is shed; the paused client
+    then keeps the session alive with a ``/meta/connect`` at that pace, whose new messages the
+    extension removes as they are decoded (the server keeps them and sends them again after
+    the pause), so memory stays flat whatever the server re-sends.
 
     Events on channels the client did not subscribe to (wildcards counted) are dropped and
     reported (``MessageSkipped`` reason ``unsubscribed_channel``): a server cannot grow what the
@@ -161,6 +171,7 @@ class Client:
         json_loads: Callable[[str], Any] = json.loads,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         max_response_size: int = DEFAULT_MAX_RESPONSE_SIZE,
+        max_frame_size: int | None = None,
         listener: Listener | None = None,
         network_delay: float = 10.0,
         heartbeat: float = 15.0,
@@ -181,6 +192,7 @@ class Client:
         self._json_loads = json_loads
         self._max_message_size = max_message_size
         self._max_response_size = max_response_size
+        self._max_frame_size = max_frame_size or max_pending_bytes or max_response_size
         self._listener = listener
         self._network_delay = network_delay
         self._heartbeat = heartbeat
@@ -200,8 +212,12 @@ class Client:
         # Subscribe requests in flight: their events may arrive before the reply does.
         self._subscribing: dict[str, int] = {}
         self._buffer: deque[Message] = deque()
-        self._sizes: deque[int] = deque()  # parallel to _buffer: approximate bytes
+        self._sizes: deque[int] = deque()  # parallel to _buffer: bytes as received
         self._pending_bytes = 0
+        self._space = asyncio.Event()  # set when receive() takes from the buffer
+        self._held_until: float | None = None  # when the last hold of a response ended
+        # The extension shedding the rest of the current long-poll response (buffer full).
+        self._shedding_response: Extension | None = None
         self._errors: deque[CometdError] = deque()
         self._fatal: CometdError | None = None
         self._wakeup = asyncio.Event()
@@ -252,7 +268,7 @@ class Client:
 
     @property
     def pending_bytes(self) -> int:
-        """Approximate bytes of the pending messages (each response's size shared evenly)."""
+        """Bytes of the pending messages as received (their encoded form; exact)."""
         return self._pending_bytes
 
     @property
@@ -312,6 +328,7 @@ class Client:
             return
         self._state = ClientState.CLOSING
         self._closing = True
+        self._space.set()  # a response held for room now drains into the buffer (see _admits)
         task, self._task = self._task, None
         held = self._holds_ack()
         if held:
@@ -410,6 +427,7 @@ class Client:
             if self._buffer and not self._errors:
                 message = self._buffer.popleft()
                 self._pending_bytes -= self._sizes.popleft()
+                self._space.set()
                 if self._fetch_paused and not self._full():
                     self._room.set()
                 return message
@@ -426,6 +444,7 @@ class Client:
                 messages = [buffer.popleft() for _ in range(count)]
                 sizes = self._sizes
                 self._pending_bytes -= sum(sizes.popleft() for _ in range(count))
+                self._space.set()
                 if self._fetch_paused and not self._full():
                     self._room.set()
                 return messages
@@ -582,7 +601,9 @@ class Client:
             if decision.action is Action.CONNECT:
                 self._rehandshakes = 0  # the session works
                 decision = self._pace(decision, sent_at, delivered)
-        elif decision.reason == "unknown_session" and self._paused_since_connect:
+        elif decision.reason == "unknown_session" and (
+            self._paused_since_connect or self._lost_to_held_response()
+        ):
             # The session expired because we stopped fetching while the buffer was full.
             decision = replace(decision, reason="buffer_full")
         if decision.action is Action.CLOSE:
@@ -902,18 +923,88 @@ class Client:
         limit = self._max_pending_bytes
         return limit is not None and self._pending_bytes >= limit
 
-    def _deliver(self, messages: list[Message], size: int) -> None:
+    def _admits(self, count: int, size: int) -> bool:
+        """Whether ``count`` more events of ``size`` bytes in all fit in the buffer now."""
+        buffered = len(self._buffer)
+        if (not buffered and count == 1) or self._closing:
+            # One message always fits an empty buffer, however large. Closing: the rest of a
+            # held response is taken (the server counts it as delivered; receive() still
+            # returns the buffer after close), not left in a socket about to be closed.
+            return True
+        if 0 < self._max_pending < buffered + count:
+            return False
+        limit = self._max_pending_bytes
+        return limit is None or self._pending_bytes + size <= limit
+
+    async def _wait_room(self, size: int) -> None:
+        """Hold a transport until one more event of ``size`` bytes fits in the buffer.
+
+        With an extension that can shed, on the long-poll ``/meta/connect``, the hold lasts at
+        most one keep-alive pace: a server that acknowledges counts a response as sent once
+        it is in the socket and expires a session that reads no further. The rest of the
+        response is then shed, message by message as it is decoded (the server keeps it and
+        sends it again): memory stays flat however large the re-sent backlog.
+        """
+        shedder = self._response_shedder()
+        if shedder is not None and (self._shedding_response is not None or self._fetch_paused):
+            return  # this response is being shed (a keep-alive, or held too long already)
+        if self._fetch_paused:  # already paused by the background task: no second event
+            while not self._admits(1, size):
+                self._space.clear()
+                await self._space.wait()
+            return
+        self._fetch_paused = True
+        state, self._state = self._state, ClientState.PAUSED
+        self._emit(FetchPaused(len(self._buffer)))
+        try:
+            async with asyncio.timeout(self._keepalive_pace() if shedder else None):
+                while not self._admits(1, size) and not self._closed:
+                    self._space.clear()
+                    await self._space.wait()
+        except TimeoutError:
+            assert shedder is not None  # no timeout without a shedder
+            shedder.set_shedding(True)
+            self._shedding_response = shedder
+        finally:
+            self._fetch_paused = False
+            self._held_until = self._now()
+            if self._state is ClientState.PAUSED:
+                self._state = state
+            self._emit(FetchResumed(len(self._buffer)))
+
+    def _lost_to_held_response(self) -> bool:
+        """A session lost now may have expired while a response was held (buffer full): the
+        server counts its expiry from when it sent the response, not from when we read it."""
+        held = self._held_until
+        return held is not None and self._now() - held <= self._advice.session_expiry
+
+    def _response_shedder(self) -> Extension | None:
+        transport = self._transport
+        if not self._polling or transport is None:
+            return None
+        if transport.connection_type is not ConnectionType.LONG_POLLING:
+            return None
+        return next((e for e in self.extensions if e.can_shed()), None)
+
+    def _response_done(self) -> None:
+        shedder, self._shedding_response = self._shedding_response, None
+        if shedder is not None:
+            shedder.set_shedding(False)
+
+    def _deliver(self, messages: list[Message], sizes: list[int]) -> None:
         """Take events (and unsolicited replies) the transport did not match to a request."""
         if self._replay_lost:
             # Replayed from the confirmed position by the coming re-handshake.
             return
         buffer = self._buffer
-        sizes = self._sizes
+        buffered = self._sizes
         before = len(buffer)
-        for message in messages:
+        added = 0
+        for message, size in zip(messages, sizes, strict=True):
             if is_event(message):
                 buffer.append(message)
-                sizes.append(size)
+                buffered.append(size)
+                added += size
             elif (
                 message.get("channel") == META_DISCONNECT
                 and not self._closing
@@ -928,7 +1019,7 @@ class Client:
             # Anything else is a stale or unsolicited reply: discarded.
         if len(buffer) != before:
             self._delivered += len(buffer) - before
-            self._pending_bytes += size * (len(buffer) - before)
+            self._pending_bytes += added
             self._wakeup.set()
 
     def _on_skipped(self, reason: str, detail: str) -> None:
@@ -965,6 +1056,7 @@ class Client:
                 json_loads=self._json_loads,
                 max_message_size=self._max_message_size,
                 max_response_size=self._max_response_size,
+                max_frame_size=self._max_frame_size,
                 network_delay=self._network_delay,
                 heartbeat=self._heartbeat,
                 headers=self._headers,
@@ -975,7 +1067,15 @@ class Client:
                 if connection_type is ConnectionType.WEBSOCKET
                 else self._on_skipped
             )
-            hooks = TransportHooks(self._outgoing, self._incoming, self._deliver, on_skipped)
+            hooks = TransportHooks(
+                self._outgoing,
+                self._incoming,
+                self._deliver,
+                on_skipped,
+                self._admits,
+                self._wait_room,
+                self._response_done,
+            )
             transport = create_transport(connection_type, config, hooks)
             self._transports[connection_type] = transport
         return transport
@@ -1052,6 +1152,7 @@ class Client:
         self._replay_lost = False
         self._frame_lost = False
         self._subscribing.clear()
+        self._held_until = None
 
     async def _teardown(self) -> None:
         for transport in self._transports.values():
@@ -1065,4 +1166,5 @@ class Client:
         self._closed = True
         self._state = ClientState.CLOSED
         self._room.set()
+        self._space.set()
         self._wakeup.set()

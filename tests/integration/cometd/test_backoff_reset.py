@@ -89,7 +89,7 @@ async def test_a_blip_after_earlier_trouble_waits_the_first_step_not_the_grown_b
         trouble = await fail_next_connects(server, recorder, make(), TROUBLE)
         grown = [e.delay for e in trouble]
         assert len(grown) == TROUBLE, f"expected {TROUBLE} retries, got {trouble}"
-        assert grown[-1] >= 4 * blip_delay, f"the trouble did not grow the backoff: {grown}"
+        assert grown[-1] >= 2 * blip_delay, f"the trouble did not grow the backoff: {grown}"
 
         [blip] = await fail_next_connects(server, recorder, make(), 1)
     assert blip.delay == pytest.approx(blip_delay), (
