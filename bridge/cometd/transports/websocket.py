@@ -30,7 +30,7 @@ from ..exceptions import (
     TransportConnectionClosed,
     TransportTimeoutError,
 )
-from ..payload_stream import PayloadStream
+from ..payload_stream import PayloadStream, PayloadStreamError
 from ..protocol import META_CONNECT, ConnectionType, Message, is_event
 from .base import (
     Delivery,
@@ -175,7 +175,11 @@ class WebSocketTransport(Transport):
         try:
             await delivery.take(stream)
             stream.close()
-        except (MalformedResponseError, ValueError) as exc:
+        except PayloadStreamError as exc:
+            # From close(): the frame ends inside an item (a cut frame). Reported like an
+            # undecodable item: the client treats it as a lost response.
+            self.hooks.on_skipped(exc.reason, str(exc)[:200])
+        except (MalformedResponseError, ValueError) as exc:  # already reported by take()
             log.debug("skipping the rest of a websocket frame: %s", exc)
         await delivery.flush()
 
