@@ -246,6 +246,7 @@ class PublicApiPublisher:
         # Each close of the underlay channel, before aio-pika restores it.
         if isinstance(exc, ChannelNotFoundEntity):
             self._missing_entity = True
+        self._wake.set()  # the writer attaches to the restored channel
 
     async def _recover(self) -> None:
         """Before re-attaching after a loss: back off, and declare the topology again if the
@@ -301,12 +302,13 @@ class PublicApiPublisher:
 
     async def _write_pending(self) -> None:
         self._requeue_lost()
-        if not self._pending:
-            return
         if self._attached is None or self._attached.is_closed:
+            # Even with nothing to publish: ``ready`` turns true again once the channel is back.
             await self._recover()
             await self._attach()
             self._requeue_lost()  # what failed meanwhile goes first, in submission order
+        if not self._pending:
+            return
         underlay = self._attached
         assert underlay is not None
         pending, by_id = self._pending, self._by_id
