@@ -5,9 +5,10 @@ frame handling (``Channel._on_confirm_frame``, ``_on_return_frame``, ``_get_fram
 ``_read_content``, ``write_queue``); any aiormq release may rename or rework those. It runs
 only on the aiormq versions its tests were run against, :data:`FAST_PATH_AIORMQ`. On any other
 aiormq the endpoint gets :class:`~bridge.amqp.public_publisher.PublicApiPublisher`, which uses
-aio-pika's public API only: same results and guarantees, about five times the CPU per message
-(``bench/publish_ceiling.py``). ``BRIDGE_AMQP_PUBLISHER`` (``auto``, ``fast``, ``public``)
-overrides the choice. Both are run by the same integration tests (``tests/integration/amqp``).
+aio-pika's public API only: same results and guarantees, at plain aio-pika's cost per message
+(several times the fast path's CPU; ``bench/publish_ceiling.py``).
+``BRIDGE_AMQP_PUBLISHER`` (``auto``, ``fast``, ``public``) overrides the choice. Both are run
+by the same integration tests (``tests/integration/amqp``).
 
 Call :func:`choose_publisher_class` once at start: it logs which one and why.
 """
@@ -103,6 +104,6 @@ def choose_publisher_class(
         "AMQP publisher: %s (%s)%s",
         "fast" if cls is EndpointPublisher else "public API",
         reason,
-        "; publishing costs about five times the CPU per message" if fallback else "",
+        "; publishing costs several times the CPU per message" if fallback else "",
     )
     return cls
