@@ -20,6 +20,8 @@ import logging
 import re
 from typing import Final, Literal, get_args
 
+import aiormq
+
 from bridge.amqp.endpoint import EndpointPublisher
 from bridge.amqp.public_publisher import PublicApiPublisher
 
@@ -29,6 +31,7 @@ __all__ = [
     "PublisherClass",
     "PublisherPreference",
     "choose_publisher_class",
+    "fast_path_names_present",
     "installed_aiormq_version",
     "publisher_choice",
 ]
@@ -39,6 +42,15 @@ log = logging.getLogger(__name__)
 # only after running tests/integration/amqp with the new aiormq installed (and update the
 # aiormq requirement's lower bound in pyproject.toml with the "from" side).
 FAST_PATH_AIORMQ: Final = ((7, 2, 4), (7, 3))
+
+# What the fast publisher takes over on ``aiormq.Channel``: if a build lacks one, it is no
+# version the fast path was tested with, whatever its version string says.
+FAST_PATH_AIORMQ_NAMES: Final = (
+    "_on_confirm_frame",
+    "_on_return_frame",
+    "_get_frame",
+    "_read_content",
+)
 
 PublisherPreference = Literal["auto", "fast", "public"]
 PublisherClass = type[EndpointPublisher] | type[PublicApiPublisher]
@@ -63,8 +75,16 @@ def _release(version: str) -> tuple[int, ...] | None:
     return tuple(int(part) for part in match.group(1).split("."))
 
 
+def fast_path_names_present() -> bool:
+    """The installed ``aiormq.Channel`` has every method the fast publisher takes over."""
+    return all(callable(getattr(aiormq.Channel, name, None)) for name in FAST_PATH_AIORMQ_NAMES)
+
+
 def publisher_choice(
-    aiormq_version: str | None, preference: PublisherPreference = "auto"
+    aiormq_version: str | None,
+    preference: PublisherPreference = "auto",
+    *,
+    names_present: bool = True,
 ) -> tuple[PublisherClass, str]:
     """The publisher class for this aiormq version and preference, with the reason (pure)."""
     if preference not in get_args(PublisherPreference):
@@ -80,6 +100,12 @@ def publisher_choice(
         return (
             PublicApiPublisher,
             f"aiormq version {aiormq_version!r} unknown, fast path tested with aiormq {tested}",
+        )
+    if low <= release < below and not names_present:
+        return (
+            PublicApiPublisher,
+            f"aiormq {aiormq_version} lacks a method the fast path takes over "
+            f"({', '.join(FAST_PATH_AIORMQ_NAMES)})",
         )
     if low <= release < below:
         return EndpointPublisher, f"aiormq {aiormq_version} is tested with the fast path"
@@ -97,7 +123,7 @@ def choose_publisher_class(
     ``aiormq_version`` defaults to the installed one. Call once at start.
     """
     version = aiormq_version if aiormq_version is not None else installed_aiormq_version()
-    cls, reason = publisher_choice(version, preference)
+    cls, reason = publisher_choice(version, preference, names_present=fast_path_names_present())
     fallback = cls is PublicApiPublisher and preference == "auto"
     log.log(
         logging.WARNING if fallback else logging.INFO,

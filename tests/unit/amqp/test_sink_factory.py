@@ -13,6 +13,7 @@ from bridge.amqp.public_publisher import PublicApiPublisher
 from bridge.amqp.sink_factory import (
     FAST_PATH_AIORMQ,
     choose_publisher_class,
+    fast_path_names_present,
     installed_aiormq_version,
     publisher_choice,
 )
@@ -32,6 +33,16 @@ def test_any_other_aiormq_gets_the_public_api_publisher(version: str | None) -> 
     cls, reason = publisher_choice(version)
     assert cls is PublicApiPublisher
     assert ">=7.2.4,<7.3" in reason
+
+
+def test_a_tested_version_lacking_a_taken_over_method_gets_the_public_publisher() -> None:
+    cls, reason = publisher_choice("7.2.4", names_present=False)
+    assert cls is PublicApiPublisher
+    assert "_on_confirm_frame" in reason
+
+
+def test_the_installed_aiormq_has_what_the_fast_path_takes_over() -> None:
+    assert fast_path_names_present()
 
 
 @pytest.mark.parametrize("version", ["7.2.4", "8.0.0", None])
