@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NODE_STAMP := tests/servers/node_modules/.installed
 
-.PHONY: test lint typecheck pytest demo bench venv node-deps rabbitmq lint-deploy clean
+.PHONY: test lint typecheck pytest demo bench venv node-deps rabbitmq lint-deploy clean test-extras chaos
 
 ## venv: create/refresh .venv with the project and its dev extra (re-runs when pyproject changes)
 $(STAMP): pyproject.toml
@@ -37,7 +37,16 @@ typecheck: venv
 lint-deploy: venv
 	bash deploy/validate.sh
 
-pytest: venv node-deps rabbitmq
+## test-extras: what the optional paths' tests need, so none of them is skipped under
+## `make test`: uvloop (the bench's uvloop variant) and the Node reference bridge (bench/)
+TEST_EXTRAS_STAMP := $(VENV)/.test-extras
+$(TEST_EXTRAS_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet uvloop
+	touch $(TEST_EXTRAS_STAMP)
+BENCH_NODE_STAMP := bench/node_modules/.installed
+test-extras: $(TEST_EXTRAS_STAMP) $(BENCH_NODE_STAMP)
+
+pytest: venv node-deps rabbitmq test-extras
 	$(BIN)/pytest
 
 ## test: everything CI checks
@@ -48,7 +57,6 @@ demo: venv rabbitmq
 	$(BIN)/cometd-bridge demo
 
 ## bench-node-deps: the Node reference bridge (cometd, cometd-nodejs-client, amqplib)
-BENCH_NODE_STAMP := bench/node_modules/.installed
 $(BENCH_NODE_STAMP): bench/package.json bench/package-lock.json
 	cd bench && npm ci --no-audit --no-fund --loglevel=error
 	touch $(BENCH_NODE_STAMP)
@@ -56,6 +64,13 @@ $(BENCH_NODE_STAMP): bench/package.json bench/package-lock.json
 ## bench: throughput, latency and memory against a naive baseline and the source/sink ceilings
 bench: venv node-deps rabbitmq $(BENCH_NODE_STAMP)
 	$(BIN)/python bench/run.py
+
+## chaos: a seeded random schedule of faults against a replay and an ack server while streaming
+## (a few minutes; CHAOS_SEED=N replays a schedule; `make test` runs a 60-second seed of it)
+CHAOS_SEED ?=
+CHAOS_DURATION ?= 180
+chaos: venv node-deps rabbitmq
+	$(BIN)/python -m tests.faults.chaos --duration $(CHAOS_DURATION) $(if $(CHAOS_SEED),--seed $(CHAOS_SEED))
 
 clean:
 	rm -rf $(VENV) .venv-deploy .cache tests/servers/node_modules bench/node_modules .pytest_cache .mypy_cache .ruff_cache

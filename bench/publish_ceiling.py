@@ -1,5 +1,8 @@
 """Publish-only ceiling: aio-pika pipelined confirms vs bridge.amqp, same run, interleaved.
 
+``bridge.amqp public`` is the fallback publisher on aio-pika's public API
+(``bridge.amqp.public_publisher``), what endpoints get on an untested aiormq version.
+
 Usage: .venv/bin/python bench/publish_ceiling.py [N] [ROUNDS]
 Confirms are the end point (no consumer): each variant publishes N x 200 B messages to a
 fresh durable-less topic exchange bound to one auto-delete queue, and waits for every confirm.
@@ -126,10 +129,34 @@ async def bridge_publisher_futures(
     await pub.close(5)
 
 
+async def bridge_public_publisher(
+    conn: aio_pika.abc.AbstractRobustConnection, msgs: list[Msg]
+) -> None:
+    """bridge.amqp.public_publisher.PublicApiPublisher with the completion callback API."""
+    from bridge.amqp.public_publisher import PublicApiPublisher
+
+    pub = PublicApiPublisher(conn, "bench", max_inflight=WINDOW, publish_timeout=30)
+    await pub.start()
+    left = len(msgs)
+    done = asyncio.get_running_loop().create_future()
+
+    def on_done(_m: Any, _r: Any) -> None:
+        nonlocal left
+        left -= 1
+        if not left:
+            done.set_result(None)
+
+    for m in msgs:
+        pub.submit(m, on_done)
+    await done
+    await pub.close(5)
+
+
 VARIANTS: dict[str, Callable[[Any, list[Msg]], Awaitable[None]]] = {
     "aio-pika pipelined": aio_pika_pipelined,
     "bridge.amqp submit()": bridge_publisher,
     "bridge.amqp publish()": bridge_publisher_futures,
+    "bridge.amqp public": bridge_public_publisher,
 }
 
 

@@ -1,7 +1,10 @@
 """`make bench`: the bridge end to end against a naive baseline, the source and sink ceilings and
 a Node reference bridge, in one interleaved run on this machine.
 
-Usage: .venv/bin/python bench/run.py [--quick] [--n N] [--uvloop] [--markdown PATH]
+Usage: .venv/bin/python bench/run.py [--quick] [--n N] [--uvloop] [--only memory] [--markdown PATH]
+
+``--only memory`` runs just the memory part: the bridge alone over the 2 KB burst on both
+servers (peak RSS, missing, duplicates), for a quick check of the client's memory bound.
 
 Variants: ``bridge`` (the real daemon, ``python -m bridge run``), ``baseline`` (our client, each
 publish awaited with confirms), ``receive-only`` (source ceiling), ``publish-only`` (sink
@@ -623,6 +626,14 @@ async def main(args: argparse.Namespace) -> str:
         print("Machine: " + "; ".join(f"{k} {v}" for k, v in machine.items()), flush=True)
         n, rate_n = args.n, int(args.rate * args.rate_seconds)
         print(HEAD, flush=True)
+        if args.only == "memory":
+            # Peak RSS of the daemon while a 20,000 x 2 KB burst is queued at the server.
+            for kind in ("cometd", "faye"):
+                await bench.stream("burst 2000 B", "bridge", kind, n, 2000, None)
+            elapsed = time.monotonic() - started
+            text = markdown(bench, machine, elapsed)
+            print(text)
+            return text
         # Interleaved: each scenario runs every variant once, the order rotating per scenario,
         # so slow drifts of the machine spread over all of them.
         turn = 0
@@ -681,6 +692,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--markdown", help="also write the tables to this file")
     p.add_argument(
         "--uvloop", action="store_true", help="also run the bridge on uvloop (200 B bursts)"
+    )
+    p.add_argument(
+        "--only", choices=["memory"], help="run one part: memory (2 KB bursts, bridge only)"
     )
     args = p.parse_args(argv)
     args.n = args.n or (3000 if args.quick else 20_000)

@@ -10,11 +10,15 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import structlog
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from bridge.logging import redact_data
+
+
+log = structlog.get_logger("bridge.http")
 
 
 __all__ = ["create_app", "start_http_server", "bound_port", "ReadyCheck", "StatusSource"]
@@ -84,6 +88,8 @@ async def start_http_server(
     except BaseException:
         await runner.cleanup()
         raise
+    # The port actually bound (with port 0, the only way to learn it from outside).
+    log.info("http server bound", host=host, port=bound_port(runner))
     return runner
 
 

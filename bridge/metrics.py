@@ -1,8 +1,10 @@
 """Every Prometheus metric of the daemon, defined once (names: docs/CONTRACTS.md).
 
 ``Metrics(registry)`` registers everything on the registry it is given, so tests can use a
-fresh ``CollectorRegistry``. Hot paths use :meth:`Metrics.endpoint`, whose children are bound
-to the endpoint label once; label values are bounded (configured names and fixed reasons).
+fresh ``CollectorRegistry``; the process and platform collectors (``process_*``,
+``python_info``) are registered there too. Hot paths use :meth:`Metrics.endpoint`, whose
+children are bound to the endpoint label once; label values are bounded (configured names
+and fixed reasons).
 """
 
 from __future__ import annotations
@@ -12,7 +14,15 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Final
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
@@ -159,6 +169,11 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         r, ns = self.registry, NAMESPACE
         e = ["endpoint"]
+        # A fresh registry has none of the default registry's collectors: add the process
+        # (process_resident_memory_bytes, CPU, open fds) and platform (python_info) series
+        # every Prometheus exporter is expected to serve.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
 
         self.build_info = Info("build", "Build metadata.", namespace=ns, registry=r)
         self.amqp_connected = Gauge(

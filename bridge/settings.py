@@ -483,6 +483,9 @@ class Settings(BaseSettings):
     state_dir: Path = Path("./state")
     shutdown_timeout: PositiveFloat = 20.0
     publish_timeout: PositiveFloat = 10.0
+    # Which publisher endpoints get (bridge/amqp/sink_factory.py): ``auto`` picks the fast one
+    # on a tested aiormq version and the public-API one otherwise.
+    amqp_publisher: Literal["auto", "fast", "public"] = "auto"
     position_flush_interval: PositiveFloat = 1.0
     position_flush_every: PositiveInt = 1000
     control_exchange: str = "cometd.control"

@@ -37,6 +37,7 @@ from aiohttp import web
 
 from bridge import __version__
 from bridge.amqp import AmqpConnection
+from bridge.amqp.sink_factory import choose_publisher_class
 from bridge.auth import CredentialRegistry, PrometheusAuthHooks, extension_for
 from bridge.auth.extension import TokenAuthExtension
 from bridge.auth.factory import resolve_endpoint_url
@@ -76,6 +77,7 @@ class Supervisor:
             connection_name=f"cometd-bridge/{socket.gethostname()}/{os.getpid()}",
             publish_timeout=settings.publish_timeout,
             on_state=self._on_amqp_state,
+            sink_class=choose_publisher_class(preference=settings.amqp_publisher),
         )
         self._credentials = CredentialRegistry(
             hooks=PrometheusAuthHooks(

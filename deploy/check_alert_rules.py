@@ -1,6 +1,7 @@
 """Structural checks promtool does not make on deploy/prometheus (run by deploy/validate.sh).
 
-Every alert carries a severity and a runbook, the alerts operators asked for exist, and
+Every alert carries a severity, a runbook and a runbook_url (tests/deploy/test_alert_runbooks.py
+checks the URL reaches a heading of deploy/README.md), the alerts operators asked for exist, and
 alerts.test.yml has at least one firing and one not-firing case for every alert. Needs
 PyYAML (installed in .venv-deploy by validate.sh). Exit status 1 lists every problem.
 """
@@ -16,7 +17,7 @@ import yaml
 
 HERE = Path(__file__).resolve().parent / "prometheus"
 SEVERITIES = {"critical", "warning"}
-ANNOTATIONS = ("summary", "description", "runbook")
+ANNOTATIONS = ("summary", "description", "runbook", "runbook_url")
 # The conditions issue 7 asks to alert on, by the alert that covers each.
 REQUIRED = {
     "CometdBridgeTargetDown": "bridge process down",

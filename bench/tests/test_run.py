@@ -37,11 +37,15 @@ async def test_every_variant_delivers_every_message_exactly(bench: Bench, varian
     assert r.note == ""
     assert (r.missing, r.duplicates) == (0, 0)
     assert r.rate is not None
+    assert r.rate > 0
     assert r.cpu_s is not None
+    assert r.cpu_s > 0
     assert r.peak_rss_mb is not None
+    assert r.peak_rss_mb > 0
     if not variant.startswith("publish-only"):
         assert r.p50_ms is not None
         assert r.p99_ms is not None
+        assert 0 < r.p50_ms <= r.p99_ms, (r.p50_ms, r.p99_ms)
 
 
 async def test_bridge_on_websocket_and_ratios(bench: Bench) -> None:

@@ -12,6 +12,7 @@ import aio_pika
 import aio_pika.abc
 from pamqp.common import FieldTable
 
+from bridge.amqp.public_publisher import PublicApiPublisher
 from bridge.amqp.publisher import AmqpSink, PublisherHooks
 
 
@@ -20,6 +21,7 @@ __all__ = ["AmqpConnection"]
 log = logging.getLogger(__name__)
 
 StateCallback = Callable[[bool], None]
+EndpointSink = AmqpSink | PublicApiPublisher
 
 
 class AmqpConnection:
@@ -37,13 +39,17 @@ class AmqpConnection:
         connection_name: str,
         publish_timeout: float = 10.0,
         on_state: StateCallback | None = None,
+        sink_class: type[EndpointSink] | None = None,
     ) -> None:
+        """``sink_class``: the per-endpoint sink implementation (see ``sink_factory``; the fast
+        one by default)."""
         self._url = url
+        self._sink_class = sink_class
         self._connection_name = connection_name
         self._publish_timeout = publish_timeout
         self._on_state = on_state
         self._connection: aio_pika.abc.AbstractRobustConnection | None = None
-        self._endpoints: dict[str, AmqpSink] = {}
+        self._endpoints: dict[str, EndpointSink] = {}
         # Every exchange declared, with its arguments: declared again if the broker reports one
         # missing (deleted while we run), so publishing resumes instead of failing forever.
         self._declared: dict[str, tuple[str, str | None, bool]] = {}
@@ -106,13 +112,14 @@ class AmqpConnection:
         hooks: PublisherHooks | None = None,
         alternate_exchange: str | None = None,
         max_inflight: int = 512,
-    ) -> AmqpSink:
+    ) -> EndpointSink:
         """Open ``endpoint``'s sink on its own confirm channel (once; closing it frees the name
         again)."""
         if endpoint in self._endpoints:
             raise ValueError(f"endpoint {endpoint!r} already has a publisher")
-        # The one place a RabbitMQ sink is built: choosing another implementation is this line.
-        publisher = AmqpSink(
+        # The one place a RabbitMQ sink is built (the class is chosen once, at start).
+        sink_class = self._sink_class if self._sink_class is not None else AmqpSink
+        publisher = sink_class(
             self.connection,
             endpoint,
             hooks=hooks,

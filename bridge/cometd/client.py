@@ -25,6 +25,7 @@ from .events import (
     Handshaken,
     Listener,
     MessageSkipped,
+    PossibleGap,
     Reconnecting,
     ServerClosed,
     SubscriptionFailed,
@@ -36,12 +37,14 @@ from .exceptions import (
     HTTPStatusError,
     MalformedResponseError,
     ServerError,
+    TransportConnectionClosed,
     TransportError,
     TransportTimeoutError,
     WebSocketUpgradeRefused,
 )
 from .extensions import AuthExtension, Extension
 from .protocol import (
+    MAX_ADVICE,
     META_DISCONNECT,
     POLL,
     Action,
@@ -52,11 +55,13 @@ from .protocol import (
     FailureKind,
     Message,
     MessageFactory,
+    channel_matches,
     classify_failure,
     decide_connect,
     decide_handshake,
     decide_transport_error,
     failure_text,
+    instant_reply_spacing,
     is_event,
     validate_channel,
 )
@@ -73,6 +78,9 @@ _CLOSED_BY_SERVER = "Connection closed by the server"
 # Floor of the keep-alive pace while paused: the server answers at once while it holds
 # unacknowledged messages, so a zero pace would be a hot loop.
 _MIN_KEEPALIVE = 0.1
+# A /meta/connect reply with no event sooner than this was not held: a server answering every
+# poll at once is paced (protocol.instant_reply_spacing) instead of polled in a hot loop.
+_INSTANT = 0.5
 
 
 class ClientState(StrEnum):
@@ -112,20 +120,35 @@ def _connection_types(value: object) -> list[ConnectionType]:
 class Client:
     """A CometD client that keeps a session open in the background.
 
-    Messages are fetched before :meth:`receive` is called. Fetching (sending the next
-    ``/meta/connect``) stops while ``pending_count >= max_pending_count`` (or, when given,
-    ``pending_bytes >= max_pending_bytes``; bytes are approximate: each response's size shared
-    evenly among its messages) and resumes when the consumer makes room
-    (``FetchPaused``/``FetchResumed`` events, ``state == "paused"``).
-    A response already received is always accepted whole, so nothing is ever dropped:
-    the buffer may exceed its bounds by the size of one response (on
-    WebSocket, also by events the server pushes outside ``/meta/connect`` replies). A session
+    Messages are fetched before :meth:`receive` is called, within a bound that holds at every
+    moment: ``pending_count <= max_pending_count`` and ``pending_bytes <= max_pending_bytes``
+    (``pending_bytes`` is exact: the bytes of the buffered messages as received; one message
+    larger than ``max_pending_bytes`` is taken alone into an empty buffer).
+    ``max_pending_count <= 0`` means unbounded. A response (long-polling) or frame (WebSocket) is
+    decoded message by message as the buffer has room; meanwhile the transport reads nothing
+    more, so the rest stays in the socket and TCP holds it at the server. While the buffer is
+    full no new ``/meta/connect`` is sent either (``FetchPaused``/``FetchResumed`` events,
+    ``state == "paused"``); fetching resumes when the consumer makes room. A WebSocket frame
+    is at most ``max_frame_size`` bytes (default: ``max_pending_bytes`` when given, else
+    ``max_response_size``); a larger one closes the socket and is reported as a
+    ``MessageSkipped`` of reason ``oversize``. On WebSocket a reply waits behind the messages
+    held in the socket: while the buffer is full, consume concurrently with
+    :meth:`publish`/:meth:`subscribe` (on long-polling their responses are never held; events
+    they carry, rare, may exceed the bound). A long-poll response has no total cap (it is
+    never held whole); each message is capped by ``max_message_size``. A session
     that expired while paused is re-handshaken (reason ``buffer_full``) and resubscribed.
-    ``max_pending_count <= 0`` means unbounded. With an extension that can shed
-    (:meth:`Extension.can_shed`, e.g. the ack extension on a server that acknowledges), the
-    paused client instead keeps the session alive: a ``/meta/connect`` every
-    ``min(timeout / 2, maxInterval / 3)`` of the server's advice, whose new messages the
-    extension removes (the server keeps them and sends them again after the pause).
+    With an extension that can shed
+    (:meth:`Extension.can_shed`, e.g. the ack extension on a server that acknowledges), a
+    long-poll response is held at most one keep-alive pace, ``min(timeout / 2,
+    maxInterval / 3)`` of the server's advice, then the rest of it is shed; the paused client
+    then keeps the session alive with a ``/meta/connect`` at that pace, whose new messages the
+    extension removes as they are decoded (the server keeps them and sends them again after
+    the pause), so memory stays flat whatever the server re-sends.
+
+    Events on channels the client did not subscribe to (wildcards counted) are dropped and
+    reported (``MessageSkipped`` reason ``unsubscribed_channel``): a server cannot grow what the
+    application keeps per channel. ``only_subscribed=False`` delivers them (a server that
+    sends to sessions directly, e.g. CometD ``ServerSession.deliver``).
 
     Network failures are repaired transparently (reconnect, re-handshake, resubscribe). If
     the connection cannot be restored for ``connection_timeout`` seconds, :meth:`receive`
@@ -148,11 +171,13 @@ class Client:
         json_loads: Callable[[str], Any] = json.loads,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         max_response_size: int = DEFAULT_MAX_RESPONSE_SIZE,
+        max_frame_size: int | None = None,
         listener: Listener | None = None,
         network_delay: float = 10.0,
         heartbeat: float = 15.0,
         backoff: Backoff | None = None,
         rnd: Callable[[], float] = random.random,
+        only_subscribed: bool = True,
     ) -> None:
         self.url = url
         self.connection_timeout = connection_timeout
@@ -167,11 +192,13 @@ class Client:
         self._json_loads = json_loads
         self._max_message_size = max_message_size
         self._max_response_size = max_response_size
+        self._max_frame_size = max_frame_size or max_pending_bytes or max_response_size
         self._listener = listener
         self._network_delay = network_delay
         self._heartbeat = heartbeat
         self._backoff = backoff or Backoff()
         self._rnd = rnd
+        self._only_subscribed = only_subscribed
 
         self._factory = MessageFactory()
         self._advice = Advice()
@@ -182,9 +209,15 @@ class Client:
         self._transport: Transport | None = None
         self._websocket_refused = False
         self._subscriptions: dict[str, None] = {}  # an ordered set
+        # Subscribe requests in flight: their events may arrive before the reply does.
+        self._subscribing: dict[str, int] = {}
         self._buffer: deque[Message] = deque()
-        self._sizes: deque[int] = deque()  # parallel to _buffer: approximate bytes
+        self._sizes: deque[int] = deque()  # parallel to _buffer: bytes as received
         self._pending_bytes = 0
+        self._space = asyncio.Event()  # set when receive() takes from the buffer
+        self._held_until: float | None = None  # when the last hold of a response ended
+        # The extension shedding the rest of the current long-poll response (buffer full).
+        self._shedding_response: Extension | None = None
         self._errors: deque[CometdError] = deque()
         self._fatal: CometdError | None = None
         self._wakeup = asyncio.Event()
@@ -199,6 +232,17 @@ class Client:
         self._last_connected = 0.0
         self._auth_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        self._clamp_logged = False
+        self._instant_streak = 0  # consecutive successful connect replies, instant and empty
+        self._delivered = 0  # events taken by _deliver (to tell an empty reply)
+        self._rehandshakes = 0  # handshakes since a session last worked
+        # A lost response on an ack session: the server re-sends its messages in a later reply.
+        self._ack_resend_due = False
+        # A replay session lost a response: events are discarded until the re-handshake, whose
+        # subscriptions replay them from the confirmed position.
+        self._replay_lost = False
+        self._frame_lost = False  # an undecodable frame closed the WebSocket
+        self._side_tasks: set[asyncio.Task[None]] = set()
 
     # -- public properties -------------------------------------------------------------------
 
@@ -224,7 +268,7 @@ class Client:
 
     @property
     def pending_bytes(self) -> int:
-        """Approximate bytes of the pending messages (each response's size shared evenly)."""
+        """Bytes of the pending messages as received (their encoded form; exact)."""
         return self._pending_bytes
 
     @property
@@ -266,9 +310,11 @@ class Client:
             reply = await self._connect()
             if reply.get("successful") is not True:
                 raise ServerError("Connect request failed.", reply)
-            self._advice = self._advice.merge(reply.get("advice"), self._transport_type())
+            self._merge_advice(reply.get("advice"), self._transport_type())
             decision = self._decide_connect(reply)
             self._on_connected()
+            if decision.action is Action.CONNECT:
+                self._rehandshakes = 0  # the session works
             if decision.action is Action.CLOSE:
                 self._set_fatal(ServerError(_CLOSED_BY_SERVER, reply))
         except BaseException:
@@ -282,8 +328,19 @@ class Client:
             return
         self._state = ClientState.CLOSING
         self._closing = True
+        self._space.set()  # a response held for room now drains into the buffer (see _admits)
         task, self._task = self._task, None
-        polite = self._fatal is None and self._factory.client_id is not None and self._transport
+        held = self._holds_ack()
+        if held:
+            # A /meta/disconnect tells the server to drop what it keeps for our ack.
+            log.info("CometD session closed without /meta/disconnect: an ack is held")
+            self._note_ack_session_end()
+        polite = (
+            self._fatal is None
+            and self._factory.client_id is not None
+            and self._transport
+            and not held
+        )
         disconnected = False
         if polite and task is not None and not task.done() and self._polling:
             # Cancelling a held /meta/connect loses what the server flushes into it (it counts
@@ -326,7 +383,14 @@ class Client:
         self._check_open()
         validate_channel(channel, subscribe=True)
         message = self._factory.subscribe(channel)
-        reply = await self._request(message)
+        # The server may send the first events (another connection) before this reply.
+        self._subscribing[channel] = self._subscribing.get(channel, 0) + 1
+        try:
+            reply = await self._request(message)
+        finally:
+            left = self._subscribing.pop(channel) - 1
+            if left:
+                self._subscribing[channel] = left
         if reply.get("successful") is not True:
             self._emit(SubscriptionFailed(channel, reply.get("error")))
             raise ServerError("Subscribe request failed.", reply)
@@ -363,6 +427,7 @@ class Client:
             if self._buffer and not self._errors:
                 message = self._buffer.popleft()
                 self._pending_bytes -= self._sizes.popleft()
+                self._space.set()
                 if self._fetch_paused and not self._full():
                     self._room.set()
                 return message
@@ -379,6 +444,7 @@ class Client:
                 messages = [buffer.popleft() for _ in range(count)]
                 sizes = self._sizes
                 self._pending_bytes -= sum(sizes.popleft() for _ in range(count))
+                self._space.set()
                 if self._fetch_paused and not self._full():
                     self._room.set()
                 return messages
@@ -432,6 +498,10 @@ class Client:
                     break
                 if decision.reason is not None:
                     self._emit(Reconnecting(decision.reason, decision.delay, error))
+                if self.connection_timeout is not None and decision.delay > self.connection_timeout:
+                    # A long advised interval is time without a connection: receive() raises
+                    # after connection_timeout (readiness says so) instead of parking silently.
+                    self._mark_unconnected()
                 if decision.delay > 0:
                     await asyncio.sleep(decision.delay)  # backoff, not synchronisation
                 if decision.authenticate:
@@ -453,12 +523,16 @@ class Client:
     async def _handshake_step(self) -> tuple[Decision, str | None]:
         self._state = ClientState.RECONNECTING
         self._mark_unconnected()
+        if self._factory.client_id is not None:
+            # The previous session ends here; what the server kept for its ack goes with it.
+            self._note_ack_session_end()
+            self._factory.client_id = None
         try:
             reply = await self._handshake()
         except TransportError as exc:
             return self._transport_failure(exc, handshaking=True), str(exc)
         if reply.get("successful") is not True:
-            self._advice = self._advice.merge(reply.get("advice"))
+            self._merge_advice(reply.get("advice"))
             if self._is_auth_failure(reply):
                 self._emit(AuthFailed(failure_text(reply)))
             decision = decide_handshake(
@@ -483,7 +557,12 @@ class Client:
         return POLL, None
 
     async def _connect_step(self) -> tuple[Decision, str | None]:
+        if self._replay_lost:
+            # A WebSocket frame was lost outside this loop's own request (a push).
+            return Decision(Action.HANDSHAKE, 0.0, "malformed"), "undecodable WebSocket frame"
         self._polling = True
+        sent_at = self._now()
+        delivered = self._delivered
         try:
             reply = await self._connect()
         except TransportError as exc:
@@ -491,14 +570,19 @@ class Client:
                 return Decision(Action.CLOSE), None
             self._state = ClientState.RECONNECTING
             self._mark_unconnected()
-            return self._transport_failure(exc, handshaking=False), str(exc)
+            decision = self._transport_failure(exc, handshaking=False)
+            if self._response_lost(exc):
+                # Events of that response are gone from the server: resume from the confirmed
+                # position in a new session before accepting any later event.
+                decision = replace(decision, action=Action.HANDSHAKE)
+            return decision, str(exc)
         finally:
             self._polling = False
         if self._closing:
             # close() disconnected while this connect was held; its events are delivered.
             return Decision(Action.CLOSE), None
         multiple_clients = self._advice.multiple_clients
-        self._advice = self._advice.merge(reply.get("advice"), self._transport_type())
+        self._merge_advice(reply.get("advice"), self._transport_type())
         if self._advice.multiple_clients and not multiple_clients:
             # Another session shares our cookie (CometD maxSessionsPerBrowser): polls are no
             # longer held, so latency and request rate go up.
@@ -512,7 +596,14 @@ class Client:
         decision = self._decide_connect(reply)
         if successful:
             self._on_connected()
-        elif decision.reason == "unknown_session" and self._paused_since_connect:
+            self._ack_resend_due = False  # this reply carried what the server still held
+            self._frame_lost = False
+            if decision.action is Action.CONNECT:
+                self._rehandshakes = 0  # the session works
+                decision = self._pace(decision, sent_at, delivered)
+        elif decision.reason == "unknown_session" and (
+            self._paused_since_connect or self._lost_to_held_response()
+        ):
             # The session expired because we stopped fetching while the buffer was full.
             decision = replace(decision, reason="buffer_full")
         if decision.action is Action.CLOSE:
@@ -530,7 +621,61 @@ class Client:
             unconnected_since=self._unconnected_since,
             has_auth=self.auth is not None,
             backoff=self._backoff,
+            rehandshakes=self._rehandshakes,
         )
+
+    def _pace(self, decision: Decision, sent_at: float, delivered: int) -> Decision:
+        """Space polls that come back at once and empty (a server not holding them)."""
+        if self._delivered != delivered or self._now() - sent_at >= _INSTANT:
+            self._instant_streak = 0
+            return decision
+        self._instant_streak += 1
+        spacing = instant_reply_spacing(self._instant_streak)
+        return decision if decision.delay >= spacing else replace(decision, delay=spacing)
+
+    def _response_lost(self, exc: TransportError) -> bool:
+        """A /meta/connect failed: decide what its lost events cost. True: re-handshake."""
+        if self._frame_lost:
+            # We closed the socket after an undecodable frame, already counted.
+            self._frame_lost = False
+            return self._replay_lost
+        if isinstance(exc, TransportConnectionClosed) and isinstance(
+            exc.__cause__, aiohttp.ClientConnectorError
+        ):
+            return False  # never reached the server: nothing was sent to us
+        return self._on_lost_response(str(exc))
+
+    def _on_lost_response(self, detail: str) -> bool:
+        if any(e.resumes_by_resubscribing() for e in self.extensions):
+            self._replay_lost = True
+            return True
+        if any(e.can_shed() for e in self.extensions):
+            self._ack_resend_due = True  # the server re-sends every unacknowledged message
+            return False
+        log.warning("a /meta/connect response was lost; its events may be lost: %s", detail)
+        self._emit(PossibleGap("response_lost", detail))
+        return False
+
+    def _holds_ack(self) -> bool:
+        return self._ack_resend_due or any(e.holds_ack() for e in self.extensions)
+
+    def _note_ack_session_end(self) -> None:
+        """An acknowledged session ends: count it when the server may still have held
+        messages we never received (a lost response, or messages shed while paused)."""
+        if self._ack_resend_due or any(e.awaits_resend() for e in self.extensions):
+            log.warning("an acknowledged session ended with messages the server still held")
+            self._emit(PossibleGap("ack_held", None))
+        self._ack_resend_due = False
+
+    def _merge_advice(self, raw: object, connection_type: str | None = None) -> None:
+        self._advice = self._advice.merge(raw, connection_type)
+        if self._advice.clamped and not self._clamp_logged:
+            self._clamp_logged = True
+            log.warning(
+                "the server advised an interval or timeout over %.0f s; clamped: %r",
+                MAX_ADVICE,
+                raw,
+            )
 
     def _transport_failure(self, exc: TransportError, *, handshaking: bool) -> Decision:
         self._first_connect = True
@@ -640,9 +785,12 @@ class Client:
                 f"{server_types} are allowed by the client {[t.value for t in allowed]}."
             )
         self._factory.client_id = client_id
-        self._advice = self._advice.merge(reply.get("advice"), chosen.value)
+        self._merge_advice(reply.get("advice"), chosen.value)
         self._transport = self._get_transport(chosen)
         self._first_connect = True
+        self._rehandshakes += 1
+        self._replay_lost = False
+        self._ack_resend_due = False
         self._emit(Handshaken(client_id, chosen.value))
 
     async def _resubscribe(self) -> None:
@@ -727,10 +875,47 @@ class Client:
             await self.auth.outgoing(payload, headers)
 
     async def _incoming(self, payload: list[Message], headers: Mapping[str, str] | None) -> None:
+        self._screen(payload)
         if self.auth is not None:
-            await self.auth.incoming(payload, headers)
+            await self._extension_incoming(self.auth, payload, headers)
         for extension in self.extensions:
+            await self._extension_incoming(extension, payload, headers)
+
+    async def _extension_incoming(
+        self, extension: Extension, payload: list[Message], headers: Mapping[str, str] | None
+    ) -> None:
+        try:
             await extension.incoming(payload, headers)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # An extension's bug must neither kill the client task nor drop the payload.
+            log.exception("CometD extension %s failed on an incoming payload", extension)
+
+    def _screen(self, payload: list[Message]) -> None:
+        """Drop events on channels this session did not subscribe to (reported, never
+        delivered), before any extension (an ack must not wait for them)."""
+        if not self._only_subscribed:
+            return
+        keep: list[Message] | None = None
+        for index, message in enumerate(payload):
+            if is_event(message) and not self._subscribed_to(message["channel"]):
+                if keep is None:
+                    keep = payload[:index]
+                self._on_skipped("unsubscribed_channel", str(message["channel"])[:200])
+            elif keep is not None:
+                keep.append(message)
+        if keep is not None:
+            payload[:] = keep
+
+    def _subscribed_to(self, channel: str) -> bool:
+        if channel in self._subscriptions or channel in self._subscribing:
+            return True
+        bare = channel.split("?", 1)[0]
+        return any(
+            channel_matches(pattern.split("?", 1)[0], bare)
+            for pattern in (*self._subscriptions, *self._subscribing)
+        )
 
     def _full(self) -> bool:
         if 0 < self._max_pending <= len(self._buffer):
@@ -738,15 +923,88 @@ class Client:
         limit = self._max_pending_bytes
         return limit is not None and self._pending_bytes >= limit
 
-    def _deliver(self, messages: list[Message], size: int) -> None:
+    def _admits(self, count: int, size: int) -> bool:
+        """Whether ``count`` more events of ``size`` bytes in all fit in the buffer now."""
+        buffered = len(self._buffer)
+        if (not buffered and count == 1) or self._closing:
+            # One message always fits an empty buffer, however large. Closing: the rest of a
+            # held response is taken (the server counts it as delivered; receive() still
+            # returns the buffer after close), not left in a socket about to be closed.
+            return True
+        if 0 < self._max_pending < buffered + count:
+            return False
+        limit = self._max_pending_bytes
+        return limit is None or self._pending_bytes + size <= limit
+
+    async def _wait_room(self, size: int) -> None:
+        """Hold a transport until one more event of ``size`` bytes fits in the buffer.
+
+        With an extension that can shed, on the long-poll ``/meta/connect``, the hold lasts at
+        most one keep-alive pace: a server that acknowledges counts a response as sent once
+        it is in the socket and expires a session that reads no further. The rest of the
+        response is then shed, message by message as it is decoded (the server keeps it and
+        sends it again): memory stays flat however large the re-sent backlog.
+        """
+        shedder = self._response_shedder()
+        if shedder is not None and (self._shedding_response is not None or self._fetch_paused):
+            return  # this response is being shed (a keep-alive, or held too long already)
+        if self._fetch_paused:  # already paused by the background task: no second event
+            while not self._admits(1, size):
+                self._space.clear()
+                await self._space.wait()
+            return
+        self._fetch_paused = True
+        state, self._state = self._state, ClientState.PAUSED
+        self._emit(FetchPaused(len(self._buffer)))
+        try:
+            async with asyncio.timeout(self._keepalive_pace() if shedder else None):
+                while not self._admits(1, size) and not self._closed:
+                    self._space.clear()
+                    await self._space.wait()
+        except TimeoutError:
+            assert shedder is not None  # no timeout without a shedder
+            shedder.set_shedding(True)
+            self._shedding_response = shedder
+        finally:
+            self._fetch_paused = False
+            self._held_until = self._now()
+            if self._state is ClientState.PAUSED:
+                self._state = state
+            self._emit(FetchResumed(len(self._buffer)))
+
+    def _lost_to_held_response(self) -> bool:
+        """A session lost now may have expired while a response was held (buffer full): the
+        server counts its expiry from when it sent the response, not from when we read it."""
+        held = self._held_until
+        return held is not None and self._now() - held <= self._advice.session_expiry
+
+    def _response_shedder(self) -> Extension | None:
+        transport = self._transport
+        if not self._polling or transport is None:
+            return None
+        if transport.connection_type is not ConnectionType.LONG_POLLING:
+            return None
+        return next((e for e in self.extensions if e.can_shed()), None)
+
+    def _response_done(self) -> None:
+        shedder, self._shedding_response = self._shedding_response, None
+        if shedder is not None:
+            shedder.set_shedding(False)
+
+    def _deliver(self, messages: list[Message], sizes: list[int]) -> None:
         """Take events (and unsolicited replies) the transport did not match to a request."""
+        if self._replay_lost:
+            # Replayed from the confirmed position by the coming re-handshake.
+            return
         buffer = self._buffer
-        sizes = self._sizes
+        buffered = self._sizes
         before = len(buffer)
-        for message in messages:
+        added = 0
+        for message, size in zip(messages, sizes, strict=True):
             if is_event(message):
                 buffer.append(message)
-                sizes.append(size)
+                buffered.append(size)
+                added += size
             elif (
                 message.get("channel") == META_DISCONNECT
                 and not self._closing
@@ -760,12 +1018,29 @@ class Client:
                 self._set_fatal(ServerError(_CLOSED_BY_SERVER, message))
             # Anything else is a stale or unsolicited reply: discarded.
         if len(buffer) != before:
-            self._pending_bytes += size * (len(buffer) - before)
+            self._delivered += len(buffer) - before
+            self._pending_bytes += added
             self._wakeup.set()
 
     def _on_skipped(self, reason: str, detail: str) -> None:
         log.warning("skipped a server message (%s): %s", reason, detail)
         self._emit(MessageSkipped(reason, detail))
+
+    def _on_websocket_skipped(self, reason: str, detail: str) -> None:
+        self._on_skipped(reason, detail)
+        if reason != "invalid_json" or self._factory.client_id is None:
+            return
+        # An undecodable frame may have carried events (a long-polling body that fails fails
+        # its request; a frame is just skipped by the transport).
+        self._on_lost_response(f"undecodable WebSocket frame: {detail}")
+        # Close the socket: a reply in that frame is lost too, so the held connect fails at
+        # once (a replay session then re-handshakes) instead of after its deadline.
+        websocket = self._transports.get(ConnectionType.WEBSOCKET)
+        if websocket is not None:
+            self._frame_lost = True
+            task = asyncio.get_running_loop().create_task(websocket.close())
+            self._side_tasks.add(task)
+            task.add_done_callback(self._side_tasks.discard)
 
     # -- small helpers -----------------------------------------------------------------------
 
@@ -781,12 +1056,26 @@ class Client:
                 json_loads=self._json_loads,
                 max_message_size=self._max_message_size,
                 max_response_size=self._max_response_size,
+                max_frame_size=self._max_frame_size,
                 network_delay=self._network_delay,
                 heartbeat=self._heartbeat,
                 headers=self._headers,
                 ssl=True if self.ssl is None else self.ssl,
             )
-            hooks = TransportHooks(self._outgoing, self._incoming, self._deliver, self._on_skipped)
+            on_skipped = (
+                self._on_websocket_skipped
+                if connection_type is ConnectionType.WEBSOCKET
+                else self._on_skipped
+            )
+            hooks = TransportHooks(
+                self._outgoing,
+                self._incoming,
+                self._deliver,
+                on_skipped,
+                self._admits,
+                self._wait_room,
+                self._response_done,
+            )
             transport = create_transport(connection_type, config, hooks)
             self._transports[connection_type] = transport
         return transport
@@ -857,6 +1146,13 @@ class Client:
         self._unconnected_since = None
         self._fetch_paused = False
         self._paused_since_connect = False
+        self._instant_streak = 0
+        self._rehandshakes = 0
+        self._ack_resend_due = False
+        self._replay_lost = False
+        self._frame_lost = False
+        self._subscribing.clear()
+        self._held_until = None
 
     async def _teardown(self) -> None:
         for transport in self._transports.values():
@@ -870,4 +1166,5 @@ class Client:
         self._closed = True
         self._state = ClientState.CLOSED
         self._room.set()
+        self._space.set()
         self._wakeup.set()

@@ -25,6 +25,8 @@ __all__ = [
     "SubscriptionFailed",
     "AuthFailed",
     "ServerClosed",
+    "POSSIBLE_GAP_REASONS",
+    "PossibleGap",
 ]
 
 RECONNECT_REASONS = frozenset(
@@ -44,8 +46,15 @@ RECONNECT_REASONS = frozenset(
     }
 )
 
-#: ``MessageSkipped.reason`` values: the body is not JSON, not Bayeux, or over the size cap.
-SKIP_REASONS = frozenset({"invalid_json", "not_bayeux", "oversize"})
+#: ``MessageSkipped.reason`` values: the body is not JSON, not Bayeux, or over the size cap;
+#: a message nested deeper than ``protocol.MAX_DEPTH``; an event on a channel the session did
+#: not subscribe to (wildcards counted).
+SKIP_REASONS = frozenset(
+    {"invalid_json", "not_bayeux", "oversize", "too_deep", "unsubscribed_channel"}
+)
+
+#: ``PossibleGap.reason`` values.
+POSSIBLE_GAP_REASONS = frozenset({"response_lost", "ack_held"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +123,21 @@ class ServerClosed:
     error: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class PossibleGap:
+    """Events may have been lost and neither replay nor acknowledgement brings them back.
+
+    ``response_lost``: a ``/meta/connect`` response (or WebSocket frame) failed or could not be
+    decoded on a server without replay or acknowledgement (a replay session re-handshakes
+    from the confirmed position instead, an ack session gets them re-sent);
+    ``ack_held``: an acknowledged session ended while the client still held its ack (the
+    server drops what it kept for that session).
+    """
+
+    reason: str
+    detail: str | None = None
+
+
 ClientEvent = (
     Handshaken
     | Connected
@@ -124,6 +148,7 @@ ClientEvent = (
     | SubscriptionFailed
     | AuthFailed
     | ServerClosed
+    | PossibleGap
 )
 
 #: The type of ``Client(listener=...)``.

@@ -49,6 +49,23 @@ class Extension(ABC):
         """Called by the client around each keep-alive ``/meta/connect`` (on, then off) when
         :meth:`can_shed` said yes."""
 
+    # Optional capabilities: what a lost response costs (default: the events are gone).
+
+    def resumes_by_resubscribing(self) -> bool:
+        """Whether a new session's subscriptions resume from a confirmed position (replay):
+        then the client re-handshakes after any lost ``/meta/connect`` response."""
+        return False
+
+    def holds_ack(self) -> bool:
+        """Whether the server still keeps messages of this session for an ack the client has
+        not sent: then the client never disconnects politely (that would drop them)."""
+        return False
+
+    def awaits_resend(self) -> bool:
+        """Whether the server keeps messages of this session the client never received
+        (e.g. shed while paused): a session ending now may lose them."""
+        return False
+
 
 class AuthExtension(Extension):
     """An extension that can renew its credentials."""

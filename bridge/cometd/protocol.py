@@ -23,6 +23,8 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
+import orjson
+
 from .exceptions import _split_error
 
 
@@ -41,6 +43,12 @@ __all__ = [
     "classify_failure",
     "failure_text",
     "is_event",
+    "MAX_ADVICE",
+    "MAX_DEPTH",
+    "too_deep",
+    "describe_too_deep",
+    "channel_matches",
+    "instant_reply_spacing",
     "validate_channel",
     "validate_payload",
     "split_replies",
@@ -100,13 +108,22 @@ class FailureKind(StrEnum):
 _MS = 1000.0
 
 
-def _ms_to_s(value: object) -> float | None:
+#: The longest ``interval`` or ``timeout`` the client honours (seconds). A server advising more
+#: (1e15 ms, infinity) would park the client for ages; longer values are clamped to this.
+MAX_ADVICE = 600.0
+
+
+def _ms_to_s(value: object) -> tuple[float | None, bool]:
+    """``(seconds, clamped)``: None for a field to ignore (not a number, NaN, negative)."""
     # bool is an int subclass; a JSON true is not a duration.
     if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
+        return None, False
     if value != value or value < 0:  # NaN or negative: ignore the field
-        return None
-    return float(value) / _MS
+        return None, False
+    # Compared before float(): a huge JSON integer does not fit a float.
+    if value > MAX_ADVICE * _MS:
+        return MAX_ADVICE, True
+    return float(value) / _MS, False
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +135,8 @@ class Advice:
     timeout: float = 60.0
     max_interval: float = 10.0
     multiple_clients: bool = False
+    #: The last merge clamped ``interval`` or ``timeout`` to :data:`MAX_ADVICE` (for a log line).
+    clamped: bool = False
 
     def merge(self, raw: object, connection_type: str | None = None) -> Advice:
         """Return this advice updated by a message's ``advice`` object, field by field.
@@ -125,9 +144,10 @@ class Advice:
         A sub-object named after ``connection_type`` (e.g. ``"long-polling": {...}``) applies
         on top, to that transport only. Unknown or ill-typed fields are ignored.
         """
+        base = replace(self, clamped=False) if self.clamped else self
         if not isinstance(raw, dict):
-            return self
-        merged = self._merge_fields(raw)
+            return base
+        merged = base._merge_fields(raw)
         if connection_type is not None:
             merged = merged._merge_fields(raw.get(connection_type))
         return merged
@@ -140,10 +160,12 @@ class Advice:
         if isinstance(reconnect, str) and reconnect in _RECONNECT_VALUES:
             changes["reconnect"] = Reconnect(reconnect)
         for wire, field in (("interval", "interval"), ("timeout", "timeout")):
-            seconds = _ms_to_s(raw.get(wire))
+            seconds, clamped = _ms_to_s(raw.get(wire))
             if seconds is not None:
                 changes[field] = seconds
-        seconds = _ms_to_s(raw.get("maxInterval"))
+            if clamped:
+                changes["clamped"] = True
+        seconds, _ = _ms_to_s(raw.get("maxInterval"))
         if seconds is not None:
             changes["max_interval"] = seconds
         multiple = raw.get("multiple-clients")
@@ -288,17 +310,82 @@ def validate_payload(obj: object) -> tuple[list[Message], list[tuple[str, str]]]
         return [], [("not_bayeux", f"body is a {type(obj).__name__}, not a list")]
     messages: list[Message] = []
     skipped: list[tuple[str, str]] = []
+    # The exact walk costs microseconds per message; orjson serialises the whole body in a
+    # fraction of that and fails exactly when some item nests deeper than MAX_DEPTH.
+    check_depth = not _shallow(obj)
     for item in obj:
-        if isinstance(item, dict) and isinstance(item.get("channel"), str):
+        if check_depth and too_deep(item):
+            skipped.append(("too_deep", describe_too_deep(item)))
+        elif isinstance(item, dict) and isinstance(item.get("channel"), str):
             messages.append(item)
         else:
             skipped.append(("not_bayeux", _describe(item)))
     return messages, skipped
 
 
+#: Deepest nesting of lists/objects accepted in one message (the message object is level 1).
+#: JSON decoders accept far more (orjson ~1,000 levels), but every recursive walk of such a
+#: message (repr, json.dumps, a log line) would hit Python's recursion limit (1,000); real
+#: Bayeux events nest a few levels. 253 is also the deepest message orjson serialises inside
+#: a body, which makes the common case cheap (:func:`_shallow`).
+MAX_DEPTH = 253
+
+
+def _shallow(body: list[Any]) -> bool:
+    """True when no item of ``body`` nests deeper than MAX_DEPTH (False: check each one)."""
+    try:
+        orjson.dumps(body)
+    except TypeError:  # too deep, or anything else orjson cannot encode: walk each item
+        return False
+    return True
+
+
+def too_deep(obj: object, limit: int = MAX_DEPTH) -> bool:
+    """True when ``obj`` nests lists/objects deeper than ``limit`` (iterative: no recursion).
+
+    On every received message, so kept tight: only containers are pushed.
+    """
+    if type(obj) is not dict and type(obj) is not list:
+        return False
+    stack: list[tuple[Any, int]] = [(obj, 1)]
+    pop = stack.pop
+    push = stack.append
+    while stack:
+        item, depth = pop()
+        for value in item.values() if type(item) is dict else item:
+            kind = type(value)
+            if kind is dict or kind is list:
+                if depth >= limit:
+                    return True
+                push((value, depth + 1))
+    return False
+
+
+def describe_too_deep(item: object) -> str:
+    """A log detail for a too-deep message that never walks it (no repr)."""
+    channel = item.get("channel") if isinstance(item, dict) else None
+    name = channel if isinstance(channel, str) else type(item).__name__
+    return f"{name[:200]} message nested deeper than {MAX_DEPTH} levels"
+
+
 def _describe(item: object) -> str:
     text = repr(item)
     return text if len(text) <= 200 else text[:197] + "..."
+
+
+def channel_matches(pattern: str, channel: str) -> bool:
+    """Whether ``channel`` is delivered to a subscription to ``pattern`` (Bayeux wildcards:
+    ``/a/*`` one more segment, ``/a/**`` one or more)."""
+    if pattern == channel:
+        return True
+    if pattern.endswith("/**"):
+        prefix = pattern[:-2]
+        return channel.startswith(prefix) and len(channel) > len(prefix)
+    if pattern.endswith("/*"):
+        prefix = pattern[:-1]
+        rest = channel[len(prefix) :]
+        return channel.startswith(prefix) and bool(rest) and "/" not in rest
+    return False
 
 
 def split_replies(
@@ -445,6 +532,37 @@ class Decision:
 
 POLL = Decision(Action.CONNECT)
 
+#: Spacing (seconds) between ``/meta/connect`` requests once replies keep coming back at once
+#: and empty (a server that does not hold polls and advises ``interval: 0``).
+MIN_SPACING = 0.1
+_FIRST_SPACING = 0.005
+
+
+def instant_reply_spacing(streak: int) -> float:
+    """Seconds before the next ``/meta/connect`` after ``streak`` consecutive successful
+    replies that came back at once with no event.
+
+    Doubles from 5 ms to :data:`MIN_SPACING`: the bound is at most 10 requests per second
+    once a server has answered instantly and empty for 1 s (and at most 15 in that first
+    second: five doublings take 0.155 s).
+    """
+    if streak <= 0:
+        return 0.0
+    return min(MIN_SPACING, _FIRST_SPACING * float(2 ** min(streak - 1, 16)))
+
+
+def _handshake_delay(
+    advice: Advice, rehandshakes: int, rnd: Callable[[], float], backoff: Backoff
+) -> float:
+    """A re-handshake the server asked for goes out after its interval; each further one
+    before a session works again (a successful connect that keeps it) backs off more, so
+    ``reconnect: handshake`` on every reply is no hot loop. Failures of other kinds before it
+    (a dropped socket, then ``unknown_session``) do not delay it."""
+    if rehandshakes <= 0:
+        return advice.interval
+    return max(advice.interval, backoff.delay(rehandshakes - 1, rnd))
+
+
 _FAILURE_REASON = {
     FailureKind.UNKNOWN_SESSION: "unknown_session",
     FailureKind.AUTH: "auth",
@@ -475,17 +593,22 @@ def decide_connect(
     unconnected_since: float | None,
     has_auth: bool,
     backoff: Backoff = Backoff(),
+    rehandshakes: int = 0,
 ) -> Decision:
-    """Decide after a ``/meta/connect`` reply; ``advice`` already includes the reply's advice."""
+    """Decide after a ``/meta/connect`` reply; ``advice`` already includes the reply's advice.
+
+    ``rehandshakes``: handshakes since a session last worked (see :func:`_handshake_delay`).
+    """
     if reply.get("successful") is True:
         if advice.reconnect is Reconnect.NONE:
             return Decision(Action.CLOSE, 0.0, "server_disconnect")
         if advice.reconnect is Reconnect.HANDSHAKE:
-            return Decision(Action.HANDSHAKE, advice.interval, "server_advice")
+            delay = _handshake_delay(advice, rehandshakes, rnd, backoff)
+            return Decision(Action.HANDSHAKE, delay, "server_advice")
         return Decision(Action.CONNECT, advice.interval) if advice.interval else POLL
     kind = classify_failure(reply)
     return _decide_failure(
-        kind, reply, advice, attempt, rnd, now, unconnected_since, has_auth, backoff
+        kind, reply, advice, attempt, rnd, now, unconnected_since, has_auth, backoff, rehandshakes
     )
 
 
@@ -534,16 +657,20 @@ def _decide_failure(
     unconnected_since: float | None,
     has_auth: bool,
     backoff: Backoff,
+    rehandshakes: int = 0,
 ) -> Decision:
     special = _auth_or_quota(kind, has_auth, attempt, rnd, backoff)
     if special is not None:
         return special
     if advice.reconnect is Reconnect.NONE:
         return Decision(Action.CLOSE, 0.0, _FAILURE_REASON[kind])
-    delay = advice.interval if attempt == 0 else max(advice.interval, backoff.delay(attempt, rnd))
     if kind is FailureKind.UNKNOWN_SESSION:
-        # Whatever the (maybe missing) advice says, the session is gone: handshake again.
+        # Whatever the (maybe missing) advice says, the session is gone: handshake again, at
+        # once when the session had worked (every moment without a session loses events on a
+        # server without replay), backing off only when new sessions keep failing.
+        delay = _handshake_delay(advice, rehandshakes, rnd, backoff)
         return Decision(Action.HANDSHAKE, delay, "unknown_session")
+    delay = advice.interval if attempt == 0 else max(advice.interval, backoff.delay(attempt, rnd))
     reason = _FAILURE_REASON[kind]
     if advice.reconnect is Reconnect.HANDSHAKE:
         return Decision(Action.HANDSHAKE, delay, reason)
@@ -562,7 +689,14 @@ def decide_transport_error(
     handshaking: bool,
     backoff: Backoff = Backoff(),
 ) -> Decision:
-    """Decide after a transport error (network, timeout, HTTP status, malformed body)."""
+    """Decide after a transport error (network, timeout, HTTP status, malformed body).
+
+    The first retry after a connection dropped under a working session goes out at once (a
+    server restart or session drop on WebSocket closes the socket; every moment without a
+    session loses events on a server without replay); the backoff starts with the second.
+    """
+    if reason == "network" and attempt == 0 and not handshaking:
+        return _escalate(Decision(Action.CONNECT, 0.0, reason), advice, now, unconnected_since)
     delay = backoff.delay(attempt, rnd)
     if handshaking:
         return Decision(Action.HANDSHAKE, delay, reason)

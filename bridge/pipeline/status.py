@@ -17,6 +17,7 @@ from bridge.cometd.events import (
     FetchResumed,
     Handshaken,
     MessageSkipped,
+    PossibleGap,
     Reconnecting,
     ServerClosed,
     SubscriptionFailed,
@@ -107,6 +108,7 @@ class StatusObserver:
             SubscriptionFailed: self._subscription_failed,
             AuthFailed: self._auth_failed,
             ServerClosed: self._server_closed,
+            PossibleGap: self._possible_gap,
         }
 
     def observe(self, event: ClientEvent) -> None:
@@ -167,6 +169,17 @@ class StatusObserver:
 
     def _server_closed(self, event: ServerClosed) -> None:
         self._s.last_error = f"server closed the session: {event.error}"
+
+    def _possible_gap(self, event: PossibleGap) -> None:
+        """The client lost events the server cannot send again (a lost response on a server
+        without replay, an ack session ended while an ack was held)."""
+        self._m.possible_gap(event.reason)
+        self._log.warning(
+            "events may be lost and the server cannot send them again",
+            reason=event.reason,
+            error=event.detail,
+            delivery=self._s.delivery,
+        )
 
     def _note_lost_session(self, reason: str) -> None:
         """A server without replay forgets what it queued for a session it dropped."""

@@ -50,6 +50,8 @@ class PositionKeeper:
         self._marks: dict[str, ContiguousWatermark] = {}
         # The latest confirmed position per channel (what the next flush writes).
         self._current: dict[str, StoredPosition] = {}
+        # Event times of confirmed messages the watermark has not passed yet, per channel.
+        self._event_times: dict[str, dict[int, str | None]] = {}
         # What the file holds (after load / the last flush).
         self._flushed: dict[str, StoredPosition] = {}
         self._since_flush = 0
@@ -101,11 +103,20 @@ class PositionKeeper:
     def confirmed(self, channel: str, replay_id: int, event_time: str | None = None) -> bool:
         """Record the broker's confirm; returns whether the channel's position advanced."""
         mark = self._marks.get(channel)
-        if mark is None or not mark.confirmed(replay_id):
+        if mark is None or not mark.is_open(replay_id):
+            return False
+        # Confirms come back out of order: the event time stored with a position must be
+        # that of the event AT the position, not of the confirm that let the watermark jump.
+        times = self._event_times.setdefault(channel, {})
+        times[replay_id] = event_time
+        if not mark.confirmed(replay_id):
             return False
         position = mark.position
         assert position is not None  # it just advanced
-        self._current[channel] = StoredPosition(position, self._clock(), event_time)
+        position_time = times.get(position)
+        for passed in [rid for rid in times if rid <= position]:
+            del times[passed]
+        self._current[channel] = StoredPosition(position, self._clock(), position_time)
         self._since_flush += 1
         self._dirty.set()
         if self._since_flush >= self.flush_every:
@@ -122,6 +133,7 @@ class PositionKeeper:
             self.ignored += 1
             return
         self._marks[channel] = ContiguousWatermark(replay_id)
+        self._event_times.pop(channel, None)
         if replay_id is None:
             self._current.pop(channel, None)
         else:

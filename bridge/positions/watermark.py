@@ -64,6 +64,10 @@ class ContiguousWatermark:
             entry[1] = True
         return self._advance()
 
+    def is_open(self, replay_id: int) -> bool:
+        """Whether ``replay_id`` was received and is not confirmed yet."""
+        return replay_id in self._open
+
     def _advance(self) -> bool:
         before = self._position
         order = self._order

@@ -225,8 +225,6 @@ def test_entry_command_serves_healthz_and_drains_on_sigterm(runtime: Stage, tmp_
             assert time.monotonic() < deadline, f"no /healthz answer:\n{log.read_text()}"
             time.sleep(0.1)
         output = log.read_text(errors="replace")
-        if process.returncode is not None and "not implemented" in output:
-            pytest.skip("bridge.cli does not implement `run` yet")
         assert status == 200, f"/healthz -> {status}, exit {process.returncode}:\n{output}"
         assert run_healthcheck(runtime, port) == 0
 

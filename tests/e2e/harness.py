@@ -41,18 +41,42 @@ class BridgeProcess:
     env: dict[str, str]
     log_path: Path
     clear_env: bool = False
-    http_port: int = field(default_factory=free_port)
+    # 0: the bridge binds any free port and logs it ("http server bound"); no port is chosen
+    # here and released for someone else to take before the bridge binds it.
+    http_port: int = 0
     proc: subprocess.Popen[bytes] | None = None
+    _bound_port: int | None = field(default=None, repr=False)
+    _log_offset: int = field(default=0, repr=False)  # where this start's log lines begin
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def port(self) -> int:
+        """The HTTP port; with ``http_port=0`` read from the bridge's log once it bound it
+        (raises ConnectionRefusedError until then, which the waits treat as not up yet)."""
+        if self.http_port:
+            return self.http_port
+        if self._bound_port is None:
+            with self.log_path.open("rb") as log:
+                log.seek(self._log_offset)  # this start's lines, not an earlier start's
+                lines = log.read().decode(errors="replace").splitlines()
+            for line in lines:
+                if '"http server bound"' in line:
+                    self._bound_port = int(json.loads(line)["port"])
+                    break
+            else:
+                raise ConnectionRefusedError("the bridge has not bound its HTTP port yet")
+        return self._bound_port
 
     def start(self) -> None:
         base = dict(os.environ)
         if self.clear_env:  # only what the test gives: no BRIDGE_* leaking in from outside
             base = {k: v for k, v in base.items() if not k.startswith("BRIDGE_")}
         env = {**base, **self.env, "BRIDGE_HTTP_PORT": str(self.http_port)}
+        self._bound_port = None
+        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         env.setdefault("BRIDGE_HTTP_HOST", "127.0.0.1")
         env.setdefault("BRIDGE_LOG_FORMAT", "json")
         log = self.log_path.open("ab")
@@ -199,9 +223,12 @@ class QueueCollector:
         self._connection: aio_pika.abc.AbstractConnection | None = None
         self._exchange = ""
 
-    async def start(self, exchange: str, exchange_type: str = "topic", binding: str = "#") -> None:
+    async def start(
+        self, exchange: str, exchange_type: str = "topic", binding: str = "#", url: str = AMQP_URL
+    ) -> None:
+        """Declare and consume; ``url`` is another broker's (a dedicated test node)."""
         self._exchange = exchange
-        self._connection = await aio_pika.connect_robust(AMQP_URL)
+        self._connection = await aio_pika.connect_robust(url)
         channel = await self._connection.channel()
         await channel.set_qos(prefetch_count=2000)
         ex = await channel.declare_exchange(exchange, exchange_type, durable=True)
@@ -226,13 +253,23 @@ class QueueCollector:
         )
         self._changed.set()
 
-    async def wait_for(self, count: int, within: float) -> None:
-        """Wait until at least ``count`` distinct message ids arrived (bounded)."""
+    async def wait_for(
+        self, count: int, within: float, *, what: str = "", quiet: bool = False
+    ) -> None:
+        """Wait until at least ``count`` distinct message ids arrived (bounded).
+
+        Fails naming what is missing (``what`` says what the messages are for), unless
+        ``quiet``: then it returns at the bound (a poll step of a longer wait)."""
         deadline = time.monotonic() + within
-        while len({d.message_id for d in self.deliveries}) < count:
+        while (arrived := len({d.message_id for d in self.deliveries})) < count:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return
+                if quiet:
+                    return
+                raise AssertionError(
+                    f"{what or 'messages'}: {arrived} of {count} arrived in {self._exchange!r}"
+                    f" within {within}s"
+                )
             self._changed.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), remaining)

@@ -18,6 +18,7 @@ recorded with its arrival time, so a test can count requests per channel over a 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -177,6 +178,18 @@ def raw_body(body: bytes, content_type: str = "application/json") -> Action:
         exchange.content_type = content_type
 
     return Action(before=before, name="raw_body")
+
+
+def lose_response(body: bytes | None = None) -> Action:
+    """Process the request normally (the server counts its events as delivered), then send
+    ``body`` instead of the replies: by default the real body cut in the middle (what a reset
+    mid-body leaves; the events in it are lost unless the server can send them again)."""
+
+    async def after(exchange: Exchange, message: Message) -> None:
+        full = json.dumps(exchange.replies).encode()
+        exchange.raw_body = body if body is not None else full[: max(1, len(full) // 2)]
+
+    return Action(after=after, name="lose_response")
 
 
 def delay(seconds: float) -> Action:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
@@ -41,6 +42,7 @@ CONTRACT: dict[str, tuple[str, set[str]]] = {
 }
 
 SUFFIXES = ("_total", "_created", "_bucket", "_count", "_sum", "_info")
+RUNTIME_PREFIXES = ("process_", "python_")
 
 
 def exercise(m: Metrics) -> None:
@@ -107,7 +109,12 @@ def test_types_and_no_extra_families() -> None:
     registry = CollectorRegistry()
     exercise(Metrics(registry, version="1.2.3"))
     # The text format also has a *_created gauge per counter/histogram; not ours to list.
-    types = {k: v for k, v in family_types(registry).items() if not k.endswith("_created")}
+    # process_* and python_* come from prometheus_client's own collectors (tested below).
+    types = {
+        k: v
+        for k, v in family_types(registry).items()
+        if k.startswith("cometd_bridge_") and not k.endswith("_created")
+    }
     # Info is exposed as a gauge.
     expected = {name: "gauge" if kind == "info" else kind for name, (kind, _) in CONTRACT.items()}
     assert types == expected
@@ -172,6 +179,8 @@ def test_names_follow_the_prometheus_naming_guide() -> None:
     registry = CollectorRegistry()
     exercise(Metrics(registry))
     for name in samples(registry):
+        if name.startswith(RUNTIME_PREFIXES):
+            continue  # prometheus_client's process and platform collectors, named by it
         assert re.fullmatch(r"cometd_bridge_[a-z][a-z0-9_]*", name), name
         base = name
         for suffix in SUFFIXES:
@@ -179,3 +188,20 @@ def test_names_follow_the_prometheus_naming_guide() -> None:
         # No unit in the middle of a name; seconds is the only time unit.
         assert "_milliseconds" not in base
         assert "__" not in name
+
+
+def test_process_and_platform_series_are_served() -> None:
+    # A fresh registry has no default collectors: without them a dashboard cannot show the
+    # bridge's memory, CPU or Python version next to its own series.
+    registry = CollectorRegistry()
+    Metrics(registry, version="1.2.3")
+    found = samples(registry)
+    (python,) = found["python_info"]
+    assert python[0]["implementation"], python
+    assert re.fullmatch(r"\d+\.\d+\.\d+", python[0]["version"]), python
+    if not Path("/proc/self/stat").exists():
+        # ProcessCollector reads /proc; it serves nothing where there is none.
+        pytest.skip("no /proc on this platform: process_* series are not collected")
+    (rss,) = found["process_resident_memory_bytes"]
+    assert rss[1] > 1024 * 1024, rss  # a Python process with prometheus_client loaded
+    assert "process_cpu_seconds_total" in found

@@ -70,6 +70,9 @@ class ReplayExtension(Extension):
         """Where ``channel`` starts while it has no position (e.g. after a gap)."""
         self._starts[_replay_key(channel)] = start
 
+    def resumes_by_resubscribing(self) -> bool:
+        return self.supported is True
+
     def replay_from(self, channel: str) -> int:
         """The id the next subscribe to ``channel`` sends."""
         key = _replay_key(channel)

@@ -25,13 +25,15 @@ from ..exceptions import (
     TransportTimeoutError,
     WebSocketUpgradeRefused,
 )
-from ..protocol import ConnectionType, Message, validate_payload
+from ..payload_stream import Oversize, PayloadStream, PayloadStreamError
+from ..protocol import ConnectionType, Message, is_event, validate_payload
 
 
 __all__ = [
     "Transport",
     "TransportConfig",
     "TransportHooks",
+    "Delivery",
     "decode_payload",
     "map_exceptions",
 ]
@@ -49,6 +51,8 @@ class TransportConfig:
     json_loads: Callable[[str], Any]
     max_message_size: int
     max_response_size: int
+    #: The largest WebSocket frame accepted (aiohttp's ``max_msg_size``).
+    max_frame_size: int = 32 * 1024 * 1024
     #: Allowance on top of the server's ``advice.timeout`` for any request's deadline.
     network_delay: float = 10.0
     #: WebSocket ping interval; no pong within half of it closes the socket.
@@ -63,9 +67,15 @@ class TransportHooks:
 
     outgoing: Callable[[list[Message], MutableMapping[str, str]], Awaitable[None]]
     incoming: Callable[[list[Message], Mapping[str, str] | None], Awaitable[None]]
-    #: ``(messages, size)``: ``size`` is each message's share of its response's bytes.
-    on_messages: Callable[[list[Message], int], None]
+    #: ``(messages, sizes)``: each message's size in bytes as received (its encoded form).
+    on_messages: Callable[[list[Message], list[int]], None]
     on_skipped: Callable[[str, str], None]
+    #: Whether ``count`` more events of ``size`` bytes in all fit in the client's buffer now.
+    admits: Callable[[int, int], bool] = lambda count, size: True
+    #: Returns once one more event of ``size`` bytes fits in the client's buffer.
+    wait_room: Callable[[int], Awaitable[None]] = lambda size: asyncio.sleep(0)
+    #: A response is over (complete or failed): whatever held for its length ends.
+    response_done: Callable[[], None] = lambda: None
 
 
 class Transport(ABC):
@@ -128,6 +138,104 @@ def decode_payload(body: str, config: TransportConfig, hooks: TransportHooks) ->
     return messages
 
 
+class Delivery:
+    """Takes the messages of one response (or frame) as they are decoded, never more events
+    than the client's buffer has room for.
+
+    Messages are gathered into groups; a group goes through the extensions and out (``route``
+    takes the replies and returns the rest, which go to the buffer) when the next event would
+    not fit, and at the end. :meth:`take` then waits for the application to make room:
+    meanwhile nothing more is decoded or read, so the rest of the response waits in the socket.
+    """
+
+    __slots__ = (
+        "_bytes",
+        "_events",
+        "_group",
+        "_headers",
+        "_held",
+        "_hooks",
+        "_may_wait",
+        "_route",
+        "_sizes",
+    )
+
+    def __init__(
+        self,
+        hooks: TransportHooks,
+        route: Callable[[list[Message]], list[Message]],
+        headers: Mapping[str, str] | None,
+        held: Callable[[bool], None] | None = None,
+        *,
+        may_wait: bool = True,
+    ) -> None:
+        self._hooks = hooks
+        self._may_wait = may_wait
+        self._route = route
+        self._headers = headers
+        self._held = held
+        self._group: list[Any] = []
+        self._sizes: dict[int, int] = {}  # id(message) -> bytes: extensions may drop some
+        self._events = 0
+        self._bytes = 0
+
+    async def take(self, stream: PayloadStream) -> None:
+        """Take every item ``stream`` holds now (waiting for room as needed)."""
+        hooks = self._hooks
+        while True:
+            try:
+                item = stream.next()
+            except PayloadStreamError as exc:
+                hooks.on_skipped(exc.reason, str(exc)[: _SAMPLE + 60])
+                raise MalformedResponseError(f"response is not JSON: {exc}") from None
+            if item is None:
+                return
+            if isinstance(item, Oversize):
+                hooks.on_skipped(
+                    "oversize", f"message of {item.size} bytes (max_message_size exceeded)"
+                )
+                continue
+            await self.add(*item)
+
+    async def add(self, message: Any, size: int) -> None:
+        """Take one decoded item of ``size`` bytes (waiting for room if it is an event)."""
+        if self._may_wait and isinstance(message, dict) and is_event(message):
+            hooks = self._hooks
+            if not hooks.admits(self._events + 1, self._bytes + size):
+                await self.flush()
+                if not hooks.admits(1, size):
+                    await self._wait_room(size)
+            self._events += 1
+            self._bytes += size
+        self._group.append(message)
+        self._sizes[id(message)] = size
+
+    async def _wait_room(self, size: int) -> None:
+        hooks, held = self._hooks, self._held
+        if held is not None:
+            held(True)
+        try:
+            await hooks.wait_room(size)
+        finally:
+            if held is not None:
+                held(False)
+
+    async def flush(self) -> None:
+        """Send the gathered group through the extensions and out."""
+        group, sizes = self._group, self._sizes
+        if not group:
+            return
+        self._group, self._sizes, self._events, self._bytes = [], {}, 0, 0
+        hooks = self._hooks
+        messages, skipped = validate_payload(group)
+        for reason, detail in skipped:
+            hooks.on_skipped(reason, detail)
+        await hooks.incoming(messages, self._headers)
+        rest = self._route(messages)
+        if rest:
+            hooks.on_messages(rest, [sizes.get(id(m), 0) for m in rest])
+
+
 @contextlib.contextmanager
 def map_exceptions() -> Iterator[None]:
     """Translate aiohttp/asyncio errors into the TransportError family (httpcore idiom)."""
@@ -145,24 +253,6 @@ def map_exceptions() -> Iterator[None]:
         raise TransportConnectionClosed(f"connection failed: {exc!r}") from exc
     except aiohttp.ClientError as exc:
         raise TransportError(f"transport failed: {exc!r}") from exc
-
-
-async def read_capped(response: aiohttp.ClientResponse, cap: int) -> bytes:
-    """Read a response body, failing as soon as it exceeds ``cap`` bytes."""
-    length = response.content_length
-    if length is not None and length > cap:
-        raise MalformedResponseError(f"response of {length} bytes exceeds {cap}")
-    chunks: list[bytes] = []
-    total = 0
-    while True:
-        chunk = await response.content.read(1 << 16)
-        if not chunk:
-            break
-        total += len(chunk)
-        if total > cap:
-            raise MalformedResponseError(f"response exceeds max_response_size={cap}")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def cancel_quietly(task: asyncio.Task[Any] | None) -> None:

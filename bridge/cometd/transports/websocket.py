@@ -5,6 +5,15 @@ id takes the oldest waiting message of the same channel (D9). Messages that matc
 (events, server pushes, stale replies) go to ``hooks.on_messages``. Liveness comes from
 aiohttp's heartbeat (ping, and close when no pong arrives). Headers set by extensions are
 applied on every upgrade, and the client session's cookie jar is sent with it.
+
+Back-pressure: a frame's events go to the client's buffer only as it has room; meanwhile the
+reader reads no further frame, so aiohttp stops reading the socket (its frame queue is
+bounded) and the server's further frames wait in TCP. A frame is at most ``max_frame_size``
+bytes (aiohttp's ``max_msg_size``); a larger one closes the socket and is reported as a
+skipped message of reason ``oversize`` (the client reconnects; with replay it resumes from its
+watermark). While the reader waits for the application, the socket's liveness cannot be told
+(pongs wait unread too), so aiohttp's heartbeat is suspended until the reader goes on, and the
+deadline of a reply counts only time when the reader could read.
 """
 
 from __future__ import annotations
@@ -12,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import aiohttp
 
@@ -21,13 +30,14 @@ from ..exceptions import (
     TransportConnectionClosed,
     TransportTimeoutError,
 )
+from ..payload_stream import PayloadStream, PayloadStreamError
 from ..protocol import META_CONNECT, ConnectionType, Message, is_event
 from .base import (
+    Delivery,
     Transport,
     TransportConfig,
     TransportHooks,
     cancel_quietly,
-    decode_payload,
     map_exceptions,
 )
 
@@ -35,6 +45,10 @@ from .base import (
 __all__ = ["WebSocketTransport"]
 
 log = logging.getLogger(__name__)
+
+# Frames up to this size are first decoded whole (the common one-message frame); larger ones
+# are split incrementally.
+_SMALL_FRAME = 64 * 1024
 
 
 class WebSocketTransport(Transport):
@@ -49,6 +63,10 @@ class WebSocketTransport(Transport):
         # id -> (channel, future); insertion order is send order (for id-less replies).
         self._waiting: dict[str, tuple[str, asyncio.Future[Message]]] = {}
         self._open_lock = asyncio.Lock()
+        # Seconds the reader has waited for room (for the application): a reply's deadline
+        # runs only while the reader could read. _held_since: when the current wait began.
+        self._held_total = 0.0
+        self._held_since: float | None = None
 
     async def send(self, payload: list[Message], *, deadline: float) -> dict[str, Message]:
         headers: dict[str, str] = dict(self.config.headers)
@@ -67,7 +85,14 @@ class WebSocketTransport(Transport):
             with map_exceptions():
                 await ws.send_str(self.config.json_dumps(payload))
             if futures:
-                done, _ = await asyncio.wait(futures.values(), timeout=deadline)
+                remaining = deadline
+                while True:
+                    held = self._held_seconds()
+                    done, _ = await asyncio.wait(futures.values(), timeout=remaining)
+                    # The time the reader was held does not count: wait that long again.
+                    remaining = self._held_seconds() - held
+                    if len(done) == len(futures) or remaining <= 0:
+                        break
                 if len(done) != len(futures):
                     if any(m.get("channel") == META_CONNECT for m in payload):
                         # A lost poll means a dead socket: close it so everything fails fast.
@@ -98,7 +123,7 @@ class WebSocketTransport(Transport):
                         headers=headers,
                         ssl=config.ssl,
                         heartbeat=config.heartbeat,
-                        max_msg_size=config.max_response_size,
+                        max_msg_size=config.max_frame_size,
                         autoping=True,
                     )
             self._ws = ws
@@ -110,13 +135,23 @@ class WebSocketTransport(Transport):
         try:
             async for frame in ws:
                 if frame.type is aiohttp.WSMsgType.TEXT:
-                    await self._handle(frame.data)
+                    await self._handle(ws, frame.data)
                 elif frame.type is aiohttp.WSMsgType.BINARY:
                     self.hooks.on_skipped(
                         "invalid_json", f"binary frame of {len(frame.data)} bytes"
                     )
                 elif frame.type is aiohttp.WSMsgType.ERROR:
-                    log.debug("websocket error: %r", ws.exception())
+                    error = ws.exception()
+                    if (
+                        isinstance(error, aiohttp.WebSocketError)
+                        and error.code == aiohttp.WSCloseCode.MESSAGE_TOO_BIG
+                    ):
+                        self.hooks.on_skipped(
+                            "oversize",
+                            f"WebSocket frame over max_frame_size={self.config.max_frame_size}"
+                            " bytes; the socket is closed",
+                        )
+                    log.debug("websocket error: %r", error)
                     break
         except asyncio.CancelledError:
             raise
@@ -127,13 +162,43 @@ class WebSocketTransport(Transport):
                 self._ws = None
             self._fail_all(TransportConnectionClosed("WebSocket closed"))
 
-    async def _handle(self, text: str) -> None:
+    async def _handle(self, ws: aiohttp.ClientWebSocketResponse, text: str) -> None:
+        delivery = Delivery(self.hooks, self._route, None, lambda on: self._hold(ws, on))
+        if len(text) <= _SMALL_FRAME:
+            one = self._one_message(text)
+            if one is not None:
+                await delivery.add(*one)
+                await delivery.flush()
+                return
+        stream = PayloadStream(self.config.max_message_size, self.config.json_loads)
+        stream.feed(text.encode())
         try:
-            messages = decode_payload(text, self.config, self.hooks)
-        except MalformedResponseError as exc:
-            log.debug("skipping websocket frame: %s", exc)
-            return
-        await self.hooks.incoming(messages, None)
+            await delivery.take(stream)
+            stream.close()
+        except PayloadStreamError as exc:
+            # From close(): the frame ends inside an item (a cut frame). Reported like an
+            # undecodable item: the client treats it as a lost response.
+            self.hooks.on_skipped(exc.reason, str(exc)[:200])
+        except (MalformedResponseError, ValueError) as exc:  # already reported by take()
+            log.debug("skipping the rest of a websocket frame: %s", exc)
+        await delivery.flush()
+
+    def _one_message(self, text: str) -> tuple[Any, int] | None:
+        """A frame holding one message (faye pushes each in its own) decoded whole, with its
+        size; None for anything else (the incremental path decodes and reports it)."""
+        try:
+            obj = self.config.json_loads(text)
+        except (ValueError, TypeError, RecursionError):
+            return None
+        if not isinstance(obj, list) or len(obj) != 1:
+            return None
+        inner = text.strip()[1:-1].strip()
+        size = len(inner) if inner.isascii() else len(inner.encode())
+        if size > self.config.max_message_size:
+            return None
+        return obj[0], size
+
+    def _route(self, messages: list[Message]) -> list[Message]:
         waiting = self._waiting
         rest: list[Message] = []
         for message in messages:
@@ -151,8 +216,25 @@ class WebSocketTransport(Transport):
                     entry[1].set_result(message)
                     continue
             rest.append(message)
-        if rest:
-            self.hooks.on_messages(rest, len(text) // len(messages))
+        return rest
+
+    def _hold(self, ws: aiohttp.ClientWebSocketResponse, on: bool) -> None:
+        # No frame (not even a pong) is read while held: aiohttp's heartbeat would take the
+        # silence for a dead peer and close the socket, losing what the server has sent.
+        now = asyncio.get_running_loop().time()
+        if on:
+            self._held_since = now
+            _suspend_heartbeat(ws)
+        else:
+            if self._held_since is not None:
+                self._held_total += now - self._held_since
+                self._held_since = None
+            _resume_heartbeat(ws, self.config.heartbeat)
+
+    def _held_seconds(self) -> float:
+        since = self._held_since
+        now = asyncio.get_running_loop().time()
+        return self._held_total + (now - since if since is not None else 0.0)
 
     def _fail_all(self, error: Exception) -> None:
         for _, future in self._waiting.values():
@@ -177,3 +259,21 @@ class WebSocketTransport(Transport):
             # wait() rather than await: never swallow a cancellation of close() itself.
             await asyncio.wait({reader})
         self._fail_all(TransportConnectionClosed("transport closed"))
+
+
+def _suspend_heartbeat(ws: aiohttp.ClientWebSocketResponse) -> None:
+    # aiohttp has no public switch for its heartbeat. With ``_heartbeat`` None it neither
+    # pings nor re-arms on the data still arriving until its frame queue is full; without
+    # these attributes (another aiohttp) the heartbeat simply keeps running.
+    if hasattr(ws, "_heartbeat") and callable(getattr(ws, "_cancel_heartbeat", None)):
+        ws._heartbeat = None
+        ws._cancel_heartbeat()
+
+
+def _resume_heartbeat(ws: aiohttp.ClientWebSocketResponse, heartbeat: float) -> None:
+    if not heartbeat or ws.closed or not hasattr(ws, "_heartbeat") or ws._heartbeat is not None:
+        return
+    reset = getattr(ws, "_reset_heartbeat", None)
+    if callable(reset):
+        ws._heartbeat = heartbeat
+        reset()

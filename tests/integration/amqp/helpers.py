@@ -40,20 +40,28 @@ class RecordingHooks:
     """PublisherHooks that remember what they were told."""
 
     failures: Counter[str] = field(default_factory=Counter)
+    failure_times: list[float] = field(default_factory=list)  # loop.time() of each report
     unroutable: Counter[str] = field(default_factory=Counter)
     redelivered: int = 0
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def on_failure(self, reason: str, count: int) -> None:
         self.failures[reason] += count
+        self.failure_times.append(asyncio.get_running_loop().time())
         self._changed.set()
 
     async def wait_failures(self, reason: str, n: int, within: float = 60) -> None:
-        """Return once ``n`` failures with ``reason`` were reported."""
-        async with asyncio.timeout(within):
-            while self.failures[reason] < n:
-                self._changed.clear()
-                await self._changed.wait()
+        """Return once ``n`` failures with ``reason`` were reported; fail saying how many."""
+        try:
+            async with asyncio.timeout(within):
+                while self.failures[reason] < n:
+                    self._changed.clear()
+                    await self._changed.wait()
+        except TimeoutError:
+            raise AssertionError(
+                f"{self.failures[reason]} of {n} {reason!r} failures reported within {within}s"
+                f" (all: {dict(self.failures)})"
+            ) from None
 
     def on_unroutable(self, action: str) -> None:
         self.unroutable[action] += 1

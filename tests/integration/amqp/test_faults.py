@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from urllib.parse import urlsplit
 
 import aio_pika
@@ -234,6 +235,8 @@ async def test_close_waits_for_confirms_and_reports_what_is_left(
     assert ep.outstanding > 0
     assert await publisher.close_endpoint("drains", 30) == 0
     assert results.calls == 3000
+    outcomes = Counter(results.by_id.values())
+    assert outcomes == {PublishResult.CONFIRMED: 3000}, f"confirmed, not just done: {outcomes}"
     with pytest.raises(RuntimeError, match="closed"):
         ep.submit(message(exchange, 0), results)
 
@@ -246,6 +249,9 @@ async def test_close_waits_for_confirms_and_reports_what_is_left(
     left = await publisher.close_endpoint("cut", 0)
     assert left > 0
     assert results2.calls + left == n
+    # What was reported done was confirmed; the rest is the count close() reported.
+    outcomes2 = Counter(results2.by_id.values())
+    assert outcomes2[PublishResult.CONFIRMED] == n - left, outcomes2
 
 
 async def _delete_exchange(publisher: AmqpConnection, name: str) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
+import itertools
 
 import aio_pika
 import aio_pika.abc
@@ -60,14 +60,20 @@ def _first(results: Results, n: int) -> list[tuple[int, PublishResult]]:
 
 async def test_publisher_backs_off_after_repeated_channel_losses(amqp_url: str) -> None:
     # The exchange never existed and nothing declares it: the channel is lost on every
-    # attempt. The back-off keeps the attempts to a handful per second.
+    # attempt. The publisher keeps retrying (the message is never dropped), each time after a
+    # longer pause: no hot loop, no giving up.
     publisher = AmqpConnection(amqp_url, connection_name=unique_name("bridge-topology"))
     await publisher.start()
     try:
         hooks = RecordingHooks()
         ep = await publisher.channel_for("ep", hooks=hooks)
         ep.submit(message(unique_name("missing"), 1), Results())
-        await asyncio.sleep(3.0)  # the window in which a hot loop would show up
-        assert hooks.failures["connection"] <= 12, hooks.failures
+        await hooks.wait_failures("connection", 5, within=60)
     finally:
         await publisher.close(1)
+    times = hooks.failure_times[:5]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    # Lower bounds only (they hold on any machine): each pause at least the back-off step
+    # (0.05 s, doubling), so four retries take at least 0.1 + 0.2 + 0.4 = 0.7 s in all.
+    assert times[-1] - times[0] >= 0.7, f"retries {gaps} s apart: a hot loop"
+    assert gaps[-1] >= 0.4, f"the pause did not grow: {gaps}"

@@ -164,7 +164,7 @@ async def test_backoff_window_bounds_request_rate(
 async def test_proactive_refresh_failure_keeps_the_valid_token_and_retries(
     token_server: TokenServer, make_credential: MakeCredential
 ) -> None:
-    token_server.lifetime = 3.0
+    token_server.lifetime = 6.0  # two failed refreshes and the retry still seconds before expiry
     hooks = RecordingHooks()
     credential = make_credential(
         client_credentials(token_server), hooks=hooks, backoff_initial=0.1, backoff_max=0.2

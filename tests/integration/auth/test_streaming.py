@@ -30,9 +30,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 CHANNEL = "/auth/stream"
 WAIT = 60.0  # upper bound of every wait; never a sleep
-LIFETIME = 2.0  # seconds a token lives
+LIFETIME = 6.0  # seconds a token lives: refreshed at 4.2-4.8 s, seconds before it expires
 RATE = 100  # messages per second, steady
-COUNT = 1000  # 10 s of streaming: five token lifetimes
+COUNT = 1500  # 15 s of streaming: more than two token lifetimes
 
 # (server, transport, placement). WebSocket carries headers only on the upgrade, so a server that
 # checks every message needs the token inside the messages there: placement "ext".
@@ -108,7 +108,7 @@ async def test_stream_across_token_lifetimes_loses_nothing(
 
     assert seqs == list(range(1, COUNT + 1)), "messages lost, duplicated or reordered"
     # The stream crossed several expiries, each token replaced before it expired ...
-    assert len(token_server.issued) >= 4
+    assert len(token_server.issued) >= 3
     assert token_server.requests == len(token_server.issued) + 1  # the one failed request
     stats = await server.stats()
     assert stats["auth"]["rejected"] == 0

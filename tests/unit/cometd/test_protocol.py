@@ -9,6 +9,7 @@ from hypothesis import given, strategies as st
 
 from bridge.cometd.exceptions import ServerError
 from bridge.cometd.protocol import (
+    MAX_ADVICE,
     Advice,
     FailureKind,
     MessageFactory,
@@ -200,8 +201,9 @@ def test_advice_merge_is_field_wise_last_writer_wins(raws: list[dict[str, object
         value = raw.get("timeout")
         numeric = isinstance(value, int | float) and not isinstance(value, bool)
         if numeric and value == value and value >= 0:  # type: ignore[operator]
-            expected_timeout = value / 1000  # type: ignore[operator]
+            expected_timeout = min(value / 1000, MAX_ADVICE)  # type: ignore[operator]
     assert advice.timeout == pytest.approx(expected_timeout)
+    assert advice.interval <= MAX_ADVICE
     assert advice.interval >= 0
     assert advice.max_interval >= 0
     assert advice.reconnect in Reconnect

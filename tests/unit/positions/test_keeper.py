@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -178,3 +179,36 @@ async def test_positions_of_channels_not_subscribed_are_never_kept(tmp_path: Pat
     await keeper.close()
     assert set(store.load("sf")) == {"/event/Order__e", "/data/AccountChange", "/x/y"}
     assert keeper.ignored == 3
+
+
+async def test_flush_never_stores_past_an_unconfirmed_message(tmp_path: Path) -> None:
+    """Received 1..5, confirmed all but 3: what reaches the file is 2, until 3 is confirmed."""
+    keeper = PositionKeeper(PositionStore(tmp_path), "sf", flush_every=1, flush_interval=3600)
+    keeper.load()
+    for replay_id in range(1, 6):
+        keeper.received("/a", replay_id)
+    for replay_id in (1, 2, 4, 5):
+        keeper.confirmed("/a", replay_id, f"t{replay_id}")
+    await keeper.flush()
+    on_disk = json.loads(await asyncio.to_thread((tmp_path / "sf.positions.json").read_text))
+    assert on_disk["/a"]["replay_id"] == 2, on_disk
+    assert on_disk["/a"]["event_time"] == "t2", on_disk
+    assert keeper.pending("/a") == 3  # 3 unconfirmed, 4 and 5 waiting behind it
+
+    keeper.confirmed("/a", 3, "t3")
+    await keeper.close()
+    assert PositionStore(tmp_path).load("sf")["/a"].replay_id == 5
+
+
+async def test_a_watermark_jump_keeps_the_event_time_of_its_new_position(
+    tmp_path: Path,
+) -> None:
+    keeper = PositionKeeper(PositionStore(tmp_path), "sf", flush_every=1, flush_interval=3600)
+    keeper.load()
+    for replay_id in range(1, 6):
+        keeper.received("/a", replay_id)
+    for replay_id in (1, 2, 4, 5, 3):
+        keeper.confirmed("/a", replay_id, f"t{replay_id}")
+    await keeper.close()
+    stored = PositionStore(tmp_path).load("sf")["/a"]
+    assert (stored.replay_id, stored.event_time) == (5, "t5")

@@ -131,3 +131,43 @@ def test_reading_events() -> None:
     for message in ({}, {"data": "x"}, {"data": {"event": {"replayId": True}}}):
         assert replay_id_of(message) is None
         assert event_time_of(message) is None
+
+
+async def test_every_handshake_resubscribes_from_the_confirmed_watermark() -> None:
+    """Two handshakes with a PositionKeeper behind the extension (no sockets): the first
+    subscription starts from the stored position, the one after the re-handshake from the
+    contiguous confirmed watermark, never past an unconfirmed event nor from the start again."""
+    import tempfile
+    from pathlib import Path
+
+    from bridge.positions import PositionKeeper, PositionStore, StoredPosition
+
+    with tempfile.TemporaryDirectory() as tmp:
+        store = PositionStore(Path(tmp))
+        store.save("sf", {"/event/A": StoredPosition(41, 1.0)})
+        keeper = PositionKeeper(store, "sf")
+        keeper.load()
+        ext = ReplayExtension(keeper.position, start=REPLAY_ALL)
+        handshake_reply = {
+            "channel": "/meta/handshake",
+            "successful": True,
+            "ext": {"replay": True},
+        }
+
+        await ext.incoming([dict(handshake_reply)])
+        first = subscribe(["/event/A", "/event/B"])
+        await ext.outgoing([first], {})
+        assert first["ext"]["replay"] == {"/event/A": 41, "/event/B": REPLAY_ALL}
+
+        for replay_id in (42, 43, 44, 45):
+            keeper.received("/event/A", replay_id)
+        keeper.received("/event/B", 7)
+        for replay_id in (42, 43, 45):  # 44 is still unconfirmed
+            keeper.confirmed("/event/A", replay_id)
+        keeper.confirmed("/event/B", 7)
+
+        await ext.incoming([dict(handshake_reply)])  # the session was lost: a new handshake
+        again = subscribe(["/event/A", "/event/B"])
+        await ext.outgoing([again], {})
+        assert again["ext"]["replay"] == {"/event/A": 43, "/event/B": 7}
+        await keeper.close()
