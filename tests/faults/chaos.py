@@ -405,7 +405,7 @@ async def drain(target: Target) -> None:
     while time.monotonic() < deadline:
         if wanted <= {seq_of(d.body) for d in target.collector.deliveries}:
             return
-        await target.collector.wait_for(len(target.collector.deliveries) + 1, 1.0)
+        await target.collector.wait_for(len(target.collector.deliveries) + 1, 1.0, quiet=True)
 
 
 @dataclass

@@ -58,7 +58,9 @@ async def wait_for_seqs(collector: QueueCollector, wanted: set[int], within: flo
                 f"{len(missing)} of {len(wanted)} events never reached RabbitMQ within "
                 f"{within}s: first {sorted(missing)[:10]}"
             )
-        await collector.wait_for(len({d.message_id for d in collector.deliveries}) + 1, 1.0)
+        await collector.wait_for(
+            len({d.message_id for d in collector.deliveries}) + 1, 1.0, quiet=True
+        )
 
 
 def endpoint_env(
@@ -103,7 +105,9 @@ async def cut_while_streaming(
                     f"stalled: nothing after seq {max(report.seqs)} arrived within {WAIT}s of "
                     f"cut {n + 1}"
                 )
-            await collector.wait_for(len({d.message_id for d in collector.deliveries}) + 1, 1.0)
+            await collector.wait_for(
+                len({d.message_id for d in collector.deliveries}) + 1, 1.0, quiet=True
+            )
     assert proxy.counters["cuts"] == cuts
     return reports
 

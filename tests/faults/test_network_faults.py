@@ -38,7 +38,9 @@ async def wait_progress(collector: QueueCollector, after: int, what: str) -> Non
     while max(seqs(collector), default=0) <= after:
         if time.monotonic() > deadline:
             raise AssertionError(f"stalled: nothing after seq {after} within {WAIT}s of {what}")
-        await collector.wait_for(len({d.message_id for d in collector.deliveries}) + 1, 1.0)
+        await collector.wait_for(
+            len({d.message_id for d in collector.deliveries}) + 1, 1.0, quiet=True
+        )
 
 
 async def test_resets_stalls_and_slow_links_on_a_replay_server_lose_nothing(
