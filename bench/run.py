@@ -28,7 +28,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -79,14 +78,10 @@ class BridgeCommand(BridgeProcess):
     """``BridgeProcess`` with the command line open (e.g. under a profiler)."""
 
     argv: list[str] = field(default_factory=lambda: [sys.executable, "-m", "bridge", "run"])
+    clear_env: bool = True  # only what the bench gives: no BRIDGE_* from the shell
 
-    def start(self) -> None:
-        base = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
-        env = {**base, **self.env, "BRIDGE_HTTP_PORT": str(self.http_port)}
-        env.setdefault("BRIDGE_HTTP_HOST", "127.0.0.1")
-        env.setdefault("BRIDGE_LOG_FORMAT", "json")
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(self.argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+    def command(self) -> list[str]:
+        return self.argv
 
 
 @dataclass

@@ -80,10 +80,12 @@ class BridgeProcess:
         env.setdefault("BRIDGE_HTTP_HOST", "127.0.0.1")
         env.setdefault("BRIDGE_LOG_FORMAT", "json")
         log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bridge", "run"], env=env, stdout=log, stderr=subprocess.STDOUT
-        )
+        self.proc = subprocess.Popen(self.command(), env=env, stdout=log, stderr=subprocess.STDOUT)
         log.close()
+
+    def command(self) -> list[str]:
+        """The command line that runs the bridge."""
+        return [sys.executable, "-m", "bridge", "run"]
 
     async def get(self, path: str) -> tuple[int, str]:
         async with (
