@@ -106,7 +106,8 @@ from bridge.metrics import Metrics
 registry = CollectorRegistry()
 metrics = Metrics(registry)
 metrics.endpoint("demo").message_received()
-metrics.credential("demo")
+metrics.token_refreshes.labels(credential="demo", result="success").inc()
+metrics.token_expiry_timestamp.labels(credential="demo").set(0)
 sys.stdout.write(generate_latest(registry).decode())
 PY
 }
