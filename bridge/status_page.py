@@ -89,6 +89,11 @@ def fmt(kind: str, value: Any) -> str:
     return _FORMATS[kind](value)
 
 
+def _path(path: Any) -> str:
+    # Compact, so a test or a person can select ``[data-k='["endpoints","orders","state"]']``.
+    return json.dumps(path, separators=(",", ":"))
+
+
 def _lookup(status: Mapping[str, Any], path: Sequence[str]) -> Any:
     value: Any = status
     for key in path:
@@ -112,7 +117,7 @@ class _Page:
         classes = cls
         if kind == "state":
             classes = f"{cls} state state-{_state_class(value)}".strip()
-        attrs = f' data-k="{escape(json.dumps(path))}" data-f="{kind}"'
+        attrs = f' data-k="{escape(_path(path))}" data-f="{kind}"'
         if classes:
             attrs += f' class="{classes}"'
         return f"<{tag}{attrs}>{escape(fmt(kind, value))}</{tag}>"
@@ -122,14 +127,14 @@ class _Page:
         points = _spark_points(values if isinstance(values, list) else [])
         return (
             f'<svg class="spark" viewBox="0 0 120 28" preserveAspectRatio="none" '
-            f'data-spark="{escape(json.dumps(path))}" role="img" aria-label="last 5 minutes">'
-            f'<polyline points="{points}"/></svg>'
+            f'data-spark="{escape(_path(path))}" role="img" aria-label="last 5 minutes">'
+            f'<polygon points="{_area(points)}"/><polyline points="{points}"/></svg>'
         )
 
     def bar(self, value_path: Sequence[str], cap_path: Sequence[str]) -> str:
         value, cap = _lookup(self.status, value_path), _lookup(self.status, cap_path)
         return (
-            f'<span class="meter"><span data-bar="{escape(json.dumps([value_path, cap_path]))}" '
+            f'<span class="meter"><span data-bar="{escape(_path([value_path, cap_path]))}" '
             f'style="width:{_percent(value, cap):.1f}%"></span></span>'
         )
 
@@ -151,6 +156,11 @@ def _spark_points(values: Sequence[Any]) -> str:
     top = max(nums) or 1.0
     step = 120 / max(1, len(nums) - 1)
     return " ".join(f"{i * step:.1f},{26 - 24 * v / top:.1f}" for i, v in enumerate(nums))
+
+
+def _area(points: str) -> str:
+    # The line closed along the bottom edge: the shaded area under the sparkline.
+    return f"0,28 {points} 120,28" if points else ""
 
 
 def _stat(label: str, body: str) -> str:
@@ -318,6 +328,7 @@ background:#e8eaed;color:var(--ink)}
 .state-failed,.state-no,.state-False,.state-false{background:#fde2e1;color:var(--bad)}
 .role{font-size:12px;border:1px solid var(--line);border-radius:10px;padding:0 8px}
 .spark{display:block;width:100%;max-width:160px;height:28px;margin-top:2px}
+.spark polygon{fill:#2f6feb;fill-opacity:.12;stroke:none}
 .spark polyline{fill:none;stroke:var(--accent);stroke-width:1.5;vector-effect:non-scaling-stroke}
 .meter{display:block;height:6px;background:var(--line);border-radius:3px;margin-top:4px;
 max-width:160px;overflow:hidden}
@@ -374,7 +385,9 @@ document.querySelectorAll('[data-k]').forEach(function(el){var v=get(s,JSON.pars
 var f=el.dataset.f;el.textContent=(F[f]||text)(v);
 if(f==='state'){el.className=el.className.replace(/\\bstate-\\S+/g,'')+' state-'+cls(v);}});
 document.querySelectorAll('[data-spark]').forEach(function(el){
-el.querySelector('polyline').setAttribute('points',points(get(s,JSON.parse(el.dataset.spark))));});
+var pts=points(get(s,JSON.parse(el.dataset.spark)));
+el.querySelector('polyline').setAttribute('points',pts);
+el.querySelector('polygon').setAttribute('points',pts?'0,28 '+pts+' 120,28':'');});
 document.querySelectorAll('[data-bar]').forEach(function(el){var p=JSON.parse(el.dataset.bar);
 var v=get(s,p[0]),c=get(s,p[1]);var w=(typeof v==='number'&&typeof c==='number'&&c>0)?
 Math.max(0,Math.min(100,100*v/c)):0;el.style.width=w.toFixed(1)+'%';});}
