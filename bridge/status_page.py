@@ -238,6 +238,16 @@ def _endpoint(page: _Page, name: str, ep: Mapping[str, Any]) -> str:
     )
 
 
+def _replica_facts(page: _Page, status: Mapping[str, Any]) -> str:
+    """The process's role and replica name, once several replicas share the work."""
+    facts = ""
+    if "role" in status:
+        facts += f"<span>role {page.val('text', 'role', cls='role')}</span>"
+    if "replica" in status:
+        facts += f"<span>replica {page.val('text', 'replica')}</span>"
+    return facts
+
+
 def _main(status: Mapping[str, Any]) -> str:
     page = _Page(status)
     endpoints = status.get("endpoints") or {}
@@ -247,6 +257,7 @@ def _main(status: Mapping[str, Any]) -> str:
         f"<span>version {escape(_text(status.get('version')))}</span>"
         f"<span>up {page.val('age', 'uptime_seconds')}</span>"
         f"<span>ready {page.val('state', 'ready')}</span>"
+        f"{_replica_facts(page, status)}"
         f"<span>AMQP {page.val('state', 'amqp', 'connected')} "
         f'<span class="muted">{escape(_text(_lookup(status, ("amqp", "url"))))}</span></span>'
         "</div></header>"
@@ -276,6 +287,8 @@ def render_page(status: Mapping[str, Any]) -> str:
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         "<title>cometd-bridge status</title>"
+        # An empty inline icon: the browser asks the bridge for no /favicon.ico.
+        '<link rel="icon" href="data:,">'
         # Without JavaScript the page still refreshes itself, just less often.
         '<noscript><meta http-equiv="refresh" content="10"></noscript>'
         f"<style>{_CSS}</style></head><body>{_main(status)}"
@@ -291,6 +304,7 @@ def render_login(error: str | None = None) -> str:
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         "<title>cometd-bridge status: sign in</title>"
+        '<link rel="icon" href="data:,">'
         f"<style>{_CSS}</style></head><body><main>"
         '<section class="card login"><h2>cometd-bridge status</h2>'
         f"{message}"

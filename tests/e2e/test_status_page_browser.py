@@ -19,7 +19,9 @@ from typing import Any
 
 import aiohttp
 import pytest
+from prometheus_client import CollectorRegistry
 
+from bridge.http import bound_port, start_http_server
 from tests.e2e.harness import BridgeProcess, QueueCollector, running_bridge
 from tests.e2e.test_noloss_faults import sf_env
 from tests.integration.noloss.conftest import (
@@ -49,6 +51,7 @@ def browser() -> Iterator[Any]:
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the page's console
     for arg in (
         "--headless=new",
         "--no-sandbox",  # root in a container: Chromium's sandbox cannot start there
@@ -133,6 +136,8 @@ async def test_status_page_in_a_real_browser(
             "the endpoint card",
             lambda d: d.find_elements(By.CSS_SELECTOR, "[data-endpoint='src']"),
         )
+        # Drained: the sign-in page's expected 401 is no error of the page itself.
+        browser.get_log("browser")
         assert field(browser, "endpoints", "src", "state") == "streaming"
         assert field(browser, "endpoints", "src", "connection_type") == "long-polling"
         assert field(browser, "amqp", "connected") == "yes"
@@ -170,6 +175,7 @@ async def test_status_page_in_a_real_browser(
         )
         assert browser.execute_script("return window.__sameDocument === true;"), "page reloaded"
         assert "updated" in browser.find_element(By.ID, "refreshed").text
+        assert console_errors(browser) == []
 
         status = await bridge_status(bridge)
         src = status["endpoints"]["src"]
@@ -192,6 +198,56 @@ async def test_status_page_in_a_real_browser(
         assert shot.stat().st_size > 10_000
         if os.environ.get("UPDATE_STATUS_SCREENSHOT") == "1":
             shutil.copyfile(shot, DOCS_SCREENSHOT)
+
+
+def console_errors(driver: Any) -> list[str]:
+    return [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+
+
+async def test_the_page_follows_status_changes_without_a_reload(browser: Any) -> None:
+    """Endpoints that appear after the page loaded (workers start once RabbitMQ answers) get
+    their card, and states and numbers follow /status, all in the same document."""
+    from selenium.webdriver.common.by import By
+
+    status: dict[str, Any] = {"version": "t", "ready": False, "endpoints": {}}
+    runner = await start_http_server(
+        "127.0.0.1", 0, CollectorRegistry(), ready=lambda: True, status=lambda: status
+    )
+    try:
+        base = f"http://127.0.0.1:{bound_port(runner)}"
+        # In a thread: the page is served by this test's own event loop.
+        await asyncio.to_thread(browser.get, base + "/")
+        assert "No endpoint started yet" in browser.find_element(By.ID, "main").text
+        browser.execute_script("window.__sameDocument = true;")
+
+        status["endpoints"]["late"] = {
+            "state": "streaming",
+            "received_total": 5,
+            "positions": {"/event/A": {"replay_id": 11, "age_seconds": 1.0}},
+        }
+        await wait_in(
+            browser,
+            "the card of an endpoint that started later",
+            lambda d: d.find_elements(By.CSS_SELECTOR, "[data-endpoint='late']"),
+        )
+        assert field(browser, "endpoints", "late", "positions", "/event/A", "replay_id") == "11"
+
+        status["endpoints"]["late"].update(state="reconnecting", received_total=1234)
+        await wait_in(
+            browser,
+            "the new count and state",
+            lambda d: (
+                field(d, "endpoints", "late", "received_total") == "1,234"
+                and field(d, "endpoints", "late", "state") == "reconnecting"
+            ),
+        )
+        badge = browser.find_element(By.CSS_SELECTOR, "[data-f='state'][data-k*='late']")
+        assert "state-reconnecting" in badge.get_attribute("class").split()
+        assert "state-streaming" not in badge.get_attribute("class").split()
+        assert browser.execute_script("return window.__sameDocument === true;"), "page reloaded"
+        assert console_errors(browser) == []
+    finally:
+        await runner.cleanup()
 
 
 async def bridge_status(bridge: BridgeProcess) -> Any:

@@ -53,6 +53,12 @@ STATUS: dict[str, Any] = {
 }
 
 
+def visible(html: str) -> str:
+    """The page's text as a reader sees it (no CSS, script or tags)."""
+    html = re.sub(r"<(style|script)>.*?</\1>", " ", html, flags=re.DOTALL)
+    return re.sub(r"<[^>]+>", " ", html)
+
+
 # --------------------------------------------------------------------------- the ring
 
 
@@ -88,7 +94,7 @@ def test_rate_history_never_goes_negative_when_a_total_restarts() -> None:
 
 def test_page_shows_every_field_server_rendered() -> None:
     html = render_page(STATUS)
-    text = re.sub(r"<[^>]+>", " ", html)
+    text = visible(html)
     for shown in (
         "orders",
         "streaming",
@@ -113,12 +119,19 @@ def test_page_shows_every_field_server_rendered() -> None:
     assert "120.0,2.0" in html, "the sparkline's last point"
 
 
+def test_page_shows_the_replica_role_when_status_has_one() -> None:
+    assert "role" not in visible(render_page({"endpoints": {}}))
+    text = visible(render_page({**STATUS, "role": "standby", "replica": "b-1"}))
+    assert "role  standby" in text
+    assert "replica  b-1" in text
+
+
 def test_page_escapes_what_it_shows_and_loads_nothing_from_outside() -> None:
     html = render_page(STATUS)
     assert "<script>alert(1)</script>" not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", html), "an external asset"
-    assert "<link" not in html
+    assert re.findall(r"<link[^>]*>", html) == ['<link rel="icon" href="data:,">']
 
 
 def test_formatters() -> None:
