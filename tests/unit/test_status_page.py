@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -242,6 +243,14 @@ async def test_metrics_and_probes_stay_open_with_a_token(
     for path in ("/metrics", "/healthz", "/readyz"):
         async with client.get(base + path) as resp:
             assert resp.status == 200, path
+
+
+def test_http_token_can_come_from_the_secrets_directory(tmp_path: Path) -> None:
+    (tmp_path / "bridge_http_token").write_text(TOKEN + "\n")
+    env = {"BRIDGE_ENDPOINTS": '{"a": {"url": "http://x/cometd", "channels": ["/a"]}}'}
+    settings = load_settings(env, secrets_dir=tmp_path)
+    assert settings.http_token is not None
+    assert settings.http_token.get_secret_value() == TOKEN
 
 
 def test_http_token_setting_is_secret_everywhere() -> None:
