@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NODE_STAMP := tests/servers/node_modules/.installed
 
-.PHONY: test lint typecheck pytest demo bench venv node-deps rabbitmq lint-deploy clean test-extras chaos
+.PHONY: test lint typecheck pytest demo bench venv node-deps rabbitmq lint-deploy clean test-extras chaos browser
 
 ## venv: create/refresh .venv with the project and its dev extra (re-runs when pyproject changes)
 $(STAMP): pyproject.toml
@@ -46,7 +46,16 @@ $(TEST_EXTRAS_STAMP): $(STAMP)
 BENCH_NODE_STAMP := bench/node_modules/.installed
 test-extras: $(TEST_EXTRAS_STAMP) $(BENCH_NODE_STAMP)
 
-pytest: venv node-deps rabbitmq test-extras
+## browser: Debian's headless Chromium and its driver, for the status page's browser test
+## (tests/e2e/test_status_page_browser.py); installed with apt-get when missing
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; else \
+		echo "installing chromium and chromium-driver (the status page's browser test)"; \
+		$$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get update -qq && \
+		$$( [ "$$(id -u)" = 0 ] || echo sudo ) env DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -qq chromium chromium-driver >/dev/null; fi
+
+pytest: venv node-deps rabbitmq test-extras browser
 	$(BIN)/pytest
 
 ## test: everything CI checks

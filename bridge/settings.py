@@ -476,6 +476,9 @@ class Settings(BaseSettings):
     endpoints: dict[EndpointName, Endpoint]
     http_host: str = "0.0.0.0"  # reachable from outside a container
     http_port: int = Field(default=8080, ge=0, le=65535)
+    # When set, ``/`` and ``/status`` need it (bearer header or the login form's cookie);
+    # ``/metrics``, ``/healthz`` and ``/readyz`` stay open for scrapers and probes.
+    http_token: SecretStr | None = Field(default=None, min_length=8)
     log_level: Annotated[
         Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], BeforeValidator(_log_level)
     ] = "INFO"

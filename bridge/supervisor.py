@@ -49,7 +49,8 @@ from bridge.pipeline.status import PublisherMetricsHooks
 from bridge.pipeline.worker import EndpointWorker
 from bridge.positions import PositionKeeper, PositionStore
 from bridge.positions.lock import StateDirLock, StateDirLocked
-from bridge.settings import Settings
+from bridge.rate_history import RateHistory
+from bridge.settings import Settings, mask_url
 
 
 __all__ = ["StartupRefused", "Supervisor"]
@@ -72,9 +73,10 @@ class Supervisor:
         self.settings = settings
         self.metrics = metrics if metrics is not None else Metrics(version=__version__)
         self.workers: dict[str, EndpointWorker] = {}
+        self._amqp_name = f"cometd-bridge/{socket.gethostname()}/{os.getpid()}"
         self._amqp = AmqpConnection(
             settings.amqp_url.get_secret_value(),
-            connection_name=f"cometd-bridge/{socket.gethostname()}/{os.getpid()}",
+            connection_name=self._amqp_name,
             publish_timeout=settings.publish_timeout,
             on_state=self._on_amqp_state,
             sink_class=choose_publisher_class(preference=settings.amqp_publisher),
@@ -94,6 +96,8 @@ class Supervisor:
         self._state_lock = StateDirLock(settings.state_dir)
         # Why the endpoints are not started yet (a broker-side error being retried), for /readyz.
         self._startup_error: str | None = None
+        # The status page's sparklines: rates sampled by the gauge refresh.
+        self.rates = RateHistory()
 
     # -- readiness and status ----------------------------------------------------------------
 
@@ -121,7 +125,37 @@ class Supervisor:
             "amqp_connected": self._amqp.connected,
             "ready": self.ready()[0],
             "startup_error": self._startup_error,
-            "endpoints": {name: w.status_dict(now) for name, w in self.workers.items()},
+            "endpoints": {name: self._endpoint_status(w, now) for name, w in self.workers.items()},
+            "amqp": {
+                "connected": self._amqp.connected,
+                "url": mask_url(self.settings.amqp_url.get_secret_value()),
+                "connection_name": self._amqp_name,
+            },
+            "credentials": self._credential_status(now),
+        }
+
+    def _endpoint_status(self, worker: EndpointWorker, now: float) -> dict[str, Any]:
+        """The worker's own status plus the totals, rates and reconnect reasons the status
+        page shows (read from the same counters as ``/metrics``)."""
+        result = worker.status_dict(now)
+        last = result.get("last_message_at")
+        result.update(
+            received_total=worker.received_total,
+            confirmed_total=worker.confirmed_total,
+            pending_capacity=worker.config.max_pending_count,
+            last_message_age_seconds=None if last is None else max(0.0, now - last),
+            reconnects_by_reason=_samples_by(
+                self.metrics.reconnects, "reason", endpoint=worker.name
+            ),
+            **self.rates.as_status(worker.name),
+        )
+        return result
+
+    def _credential_status(self, now: float) -> dict[str, Any]:
+        """Each credential's current token expiry (from the gauge the credentials set)."""
+        return {
+            name: {"expires_at": at, "expires_in_seconds": at - now}
+            for name, at in _samples_by(self.metrics.token_expiry_timestamp, "credential").items()
         }
 
     def stop(self) -> None:
@@ -170,7 +204,12 @@ class Supervisor:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(signum, self.stop)
         self._http = await start_http_server(
-            s.http_host, s.http_port, self.metrics.registry, ready=self.ready, status=self.status
+            s.http_host,
+            s.http_port,
+            self.metrics.registry,
+            ready=self.ready,
+            status=self.status,
+            token=s.http_token,
         )
         log.info("http server listening", host=s.http_host, port=s.http_port)
         try:
@@ -340,8 +379,10 @@ class Supervisor:
 
     async def _refresh_gauges(self) -> None:
         while True:
+            now = time.time()
             for worker in self.workers.values():
                 worker.refresh_gauges()
+                self.rates.sample(worker.name, now, worker.received_total, worker.confirmed_total)
             await asyncio.sleep(_GAUGE_INTERVAL)  # a periodic refresh, not synchronisation
 
     async def _shutdown(self) -> int:
@@ -376,6 +417,18 @@ class Supervisor:
 
     def _on_amqp_state(self, connected: bool) -> None:
         self.metrics.amqp_connected.set(1 if connected else 0)
+
+
+def _samples_by(metric: Any, label: str, **match: str) -> dict[str, float]:
+    """A metric's non-zero values keyed by ``label``, for the series whose labels ``match``."""
+    result: dict[str, float] = {}
+    for family in metric.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_created") or not sample.value:
+                continue
+            if all(sample.labels.get(k) == v for k, v in match.items()):
+                result[sample.labels[label]] = sample.value
+    return result
 
 
 def _describe(exc: BaseException) -> str:
