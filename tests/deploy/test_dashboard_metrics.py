@@ -124,7 +124,8 @@ async def scraped_metrics() -> str:
     endpoint.auth_limit("concurrent_clients")
     endpoint.replay_gap("/event/Order__e")
     endpoint.possible_gap("unknown_session")
-    metrics.credential("sf").refreshed(expires_at=2_000_000_000.0)
+    metrics.token_refreshes.labels("sf", "success").inc()
+    metrics.token_expiry_timestamp.labels("sf").set(2_000_000_000.0)
     metrics.set_position_source(lambda: [("demo", "/event/Order__e", 1_700_000_000.0)])
     runner = await start_http_server("127.0.0.1", 0, registry)
     try:
