@@ -186,22 +186,6 @@ class Metrics:
             namespace=ns,
             registry=r,
         )
-        # BRIDGE_COORDINATION=rabbitmq: which replica owns (streams) each endpoint, and how
-        # often ownership moves (reasons: acquired, released, lost, handed_over).
-        self.endpoint_active = Gauge(
-            "endpoint_active",
-            "1 on the replica that holds the endpoint's lease (streams it), 0 on a standby.",
-            e,
-            namespace=ns,
-            registry=r,
-        )
-        self.lease_changes = Counter(
-            "lease_changes",
-            "Endpoint lease changes on this replica by reason.",
-            ["endpoint", "reason"],
-            namespace=ns,
-            registry=r,
-        )
         self.pending_messages = Gauge(
             "pending_messages",
             "Received from CometD, not yet confirmed by the broker (buffer + in flight).",
@@ -317,6 +301,21 @@ class Metrics:
             "duplicates_redelivered",
             "Messages published again after a lost confirm or replay.",
             e,
+            namespace=ns,
+            registry=r,
+        )
+        # BRIDGE_COORDINATION=rabbitmq: which replica streams which endpoint.
+        self.endpoint_active = Gauge(
+            "endpoint_active",
+            "1 while this replica holds the endpoint's lease and streams it.",
+            e,
+            namespace=ns,
+            registry=r,
+        )
+        self.lease_changes = Counter(
+            "lease_changes",
+            "Lease changes of this replica: acquired, released, lost, handed_over.",
+            ["endpoint", "reason"],
             namespace=ns,
             registry=r,
         )
