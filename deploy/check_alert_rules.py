@@ -30,6 +30,9 @@ REQUIRED = {
     "CometdBridgeTokenNearExpiry": "token near expiry",
     "CometdBridgeReplayPositionAging": "replay position approaching retention",
     "CometdBridgeAmqpDisconnected": "AMQP disconnected",
+    # Several replicas (BRIDGE_COORDINATION=rabbitmq).
+    "CometdBridgeNoActiveOwner": "no replica owns an endpoint for over a minute",
+    "CometdBridgeLeaseFlapping": "an endpoint's lease keeps moving",
 }
 
 

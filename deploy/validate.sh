@@ -74,11 +74,11 @@ check() {  # check NAME COMMAND...: runs it, reports, remembers failures
   if "$@"; then echo "ok: $name"; else echo "FAILED: $name" >&2; failed+=("$name"); fi
 }
 
-kustomize_validate() {
+kustomize_validate() {  # kustomize_validate DIR
   # A file, not a pipe: a kustomize failure must not pass as "nothing to validate".
   local rendered rc=0
   rendered="$(mktemp)"
-  "$BIN/kubectl" kustomize deploy/kubernetes >"$rendered" \
+  "$BIN/kubectl" kustomize "$1" >"$rendered" \
     && "$BIN/kubernetes-validate" --strict --quiet "$rendered" || rc=$?
   rm -f "$rendered"
   return "$rc"
@@ -106,8 +106,8 @@ from bridge.metrics import Metrics
 registry = CollectorRegistry()
 metrics = Metrics(registry)
 metrics.endpoint("demo").message_received()
-metrics.token_refreshes.labels(credential="demo", result="success").inc()
-metrics.token_expiry_timestamp.labels(credential="demo").set(0)
+metrics.token_refreshes.labels("demo", "success").inc()
+metrics.token_expiry_timestamp.labels("demo").set(2_000_000_000.0)
 sys.stdout.write(generate_latest(registry).decode())
 PY
 }
@@ -115,7 +115,9 @@ PY
 # Gate on errors; warnings are printed for the reader. Any inline ignore carries its reason.
 check "hadolint Dockerfile" "$BIN/hadolint" --failure-threshold error Dockerfile
 check "compose schema" "$BIN/check-jsonschema" --builtin-schema vendor.compose-spec docker-compose.yml
-check "kustomize + kubernetes-validate --strict" kustomize_validate
+check "kustomize + kubernetes-validate --strict" kustomize_validate deploy/kubernetes
+# The several-replica variant (BRIDGE_COORDINATION=rabbitmq), an overlay of the base.
+check "kustomize kubernetes-ha + kubernetes-validate --strict" kustomize_validate deploy/kubernetes-ha
 # Not in the kustomization (an example secret, optional Prometheus Operator CRDs): validated
 # on their own. The CRDs have no bundled schema, so they are only parsed (a warning, rc 0);
 # prometheusrule.yaml's rules are alerts.yml's (tests/deploy/test_kubernetes.py).

@@ -28,6 +28,7 @@ import aiohttp
 import pytest
 
 from tests.deploy.test_entrypoint import entry_command, free_port, parse_dockerfile
+from tests.deploy.test_kubernetes import duration_seconds
 
 
 yaml = pytest.importorskip("yaml", reason="pyyaml (dev extra) is needed to read compose files")
@@ -108,13 +109,48 @@ def bridge_env(service: dict[str, Any], hosts: dict[str, str], **extra: str) -> 
     return {**os.environ, **env, **extra}
 
 
-async def test_compose_bridge_and_demo_deliver_messages(
+def bridge_services(services: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The bridge replicas: every service that configures endpoints."""
+    return {n: s for n, s in services.items() if "BRIDGE_ENDPOINTS" in s.get("environment", {})}
+
+
+def test_compose_runs_replicas_of_one_configuration() -> None:
+    services = compose()["services"]
+    replicas = bridge_services(services)
+    assert len(replicas) >= 2, f"one bridge service only: {sorted(replicas)}"
+    envs = {name: dict(service["environment"]) for name, service in replicas.items()}
+    ids = [env.pop("BRIDGE_REPLICA_ID", None) for env in envs.values()]
+    assert None not in ids, f"every replica sets BRIDGE_REPLICA_ID: {ids}"
+    assert len(set(ids)) == len(ids), f"replica ids repeat: {ids}"
+    # Same configuration otherwise: the replicas compete for the same endpoints' leases.
+    first, *others = envs.values()
+    assert all(env == first for env in others), envs
+    assert first["BRIDGE_COORDINATION"] == "rabbitmq"
+    host_ports = [p.split(":")[0] for service in replicas.values() for p in service["ports"]]
+    assert len(set(host_ports)) == len(host_ports), host_ports
+    for name, service in replicas.items():
+        # rabbitmq mode keeps positions in RabbitMQ: no state volume to share or lose.
+        assert not service.get("volumes"), f"{name} mounts {service['volumes']}"
+        drain = float(service["environment"]["BRIDGE_SHUTDOWN_TIMEOUT"])
+        assert duration_seconds(service["stop_grace_period"]) > drain, name
+        assert service["depends_on"]["rabbitmq"]["condition"] == "service_healthy", name
+    # Prometheus scrapes every replica, so the alerts see the standbys as well as the owner.
+    config = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text("utf-8"))
+    scrape = {j["job_name"]: j for j in config["scrape_configs"]}
+    targets = scrape["cometd-bridge"]["static_configs"][0]["targets"]
+    assert sorted(targets) == sorted(f"{name}:8080" for name in replicas)
+
+
+async def test_compose_bridge_replicas_and_demo_deliver_messages(
     amqp_url: str, tmp_path: Path, processes: list[Process]
 ) -> None:
     services = compose()["services"]
-    demo_service, bridge_service = services["demo"], services["bridge"]
-    demo_port, http_port = free_port(), free_port()
+    demo_service, replicas = services["demo"], bridge_services(services)
+    demo_port = free_port()
     exchange = f"deploy-test-{os.getpid()}-{demo_port}"
+    # The compose endpoint under a name of this run: leases and positions in RabbitMQ are per
+    # endpoint name, and the test broker is shared with other runs.
+    endpoint = exchange
 
     demo_argv = local_command(demo_service["entrypoint"] + demo_service["command"])
     assert demo_argv[demo_argv.index("--port") + 1] == "8090"
@@ -129,22 +165,34 @@ async def test_compose_bridge_and_demo_deliver_messages(
         "the compose healthcheck of the demo never passed",
     )
 
-    env = bridge_env(
-        bridge_service,
-        {
-            "amqp://guest:guest@rabbitmq:5672/": amqp_url,
-            "demo:8090": f"127.0.0.1:{demo_port}",
-        },
-        BRIDGE_HTTP_HOST="127.0.0.1",
-        BRIDGE_HTTP_PORT=str(http_port),
-        BRIDGE_STATE_DIR=str(tmp_path / "state"),
-        BRIDGE_ENDPOINTS__DEMO__EXCHANGE=exchange,
-    )
     runtime = parse_dockerfile((ROOT / "Dockerfile").read_text(encoding="utf-8"))[-1]
-    bridge = Process("bridge", entry_command(runtime), env, tmp_path)
-    processes.append(bridge)
-    base = f"http://127.0.0.1:{http_port}"
-    bridge.wait_until(lambda: http_status(f"{base}/readyz") == 200, "/readyz never turned 200")
+    bridges: dict[str, tuple[Process, str]] = {}
+    for name, service in replicas.items():
+        (compose_endpoint,) = json.loads(service["environment"]["BRIDGE_ENDPOINTS"]).values()
+        http_port = free_port()
+        env = bridge_env(
+            service,
+            {
+                "amqp://guest:guest@rabbitmq:5672/": amqp_url,
+                "demo:8090": f"127.0.0.1:{demo_port}",
+            },
+            BRIDGE_HTTP_HOST="127.0.0.1",
+            BRIDGE_HTTP_PORT=str(http_port),
+            # Used by a bridge in file mode only (one lock per directory).
+            BRIDGE_STATE_DIR=str(tmp_path / f"state-{name}"),
+        )
+        compose_endpoint["exchange"] = exchange
+        compose_endpoint["url"] = compose_endpoint["url"].replace(
+            "demo:8090", f"127.0.0.1:{demo_port}"
+        )
+        env["BRIDGE_ENDPOINTS"] = json.dumps({endpoint: compose_endpoint})
+        bridge = Process(name, entry_command(runtime), env, tmp_path)
+        processes.append(bridge)
+        bridges[name] = (bridge, f"http://127.0.0.1:{http_port}")
+    # A standby is ready too (connected, able to take over), so every replica turns ready.
+    for bridge, base in bridges.values():
+        ready = f"{base}/readyz"
+        bridge.wait_until(lambda url=ready: http_status(url) == 200, "/readyz never turned 200")
 
     connection = await aio_pika.connect_robust(
         amqp_url, client_properties={"connection_name": exchange}
@@ -162,26 +210,42 @@ async def test_compose_bridge_and_demo_deliver_messages(
                     if len(received) == MESSAGES:
                         break
         except TimeoutError:
-            pytest.fail(f"{len(received)}/{MESSAGES} messages arrived:\n{bridge.output()}")
+            logs = "\n".join(b.output() for b, _ in bridges.values())
+            pytest.fail(f"{len(received)}/{MESSAGES} messages arrived:\n{logs}")
         await channel.exchange_delete(exchange)
 
     keys = {m.routing_key for m in received}
     assert keys <= {"event.Order__e", "data.AccountChangeEvent"}, keys
     for message in received:
-        assert message.headers["cometd-endpoint"] == "demo"
+        assert message.headers["cometd-endpoint"] == endpoint
         assert message.content_type == "application/json"
         json.loads(message.body)
 
-    async with aiohttp.ClientSession() as session, session.get(f"{base}/metrics") as response:
-        metrics = await response.text()
-    samples = dict(
-        line.rsplit(" ", 1) for line in metrics.splitlines() if line and not line.startswith("#")
-    )
-    assert float(samples['cometd_bridge_endpoint_up{endpoint="demo"}']) == 1
-    assert float(samples["cometd_bridge_amqp_connected"]) == 1
-    assert float(samples['cometd_bridge_messages_published_total{endpoint="demo"}']) >= MESSAGES
+    # A standby has no per-endpoint flow series yet: absent counts as 0.
+    published = up = 0.0
+    owners: list[str] = []
+    async with aiohttp.ClientSession() as session:
+        for name, (_, base) in bridges.items():
+            async with session.get(f"{base}/metrics") as response:
+                metrics = await response.text()
+            samples = dict(
+                line.rsplit(" ", 1)
+                for line in metrics.splitlines()
+                if line and not line.startswith("#")
+            )
+            assert float(samples["cometd_bridge_amqp_connected"]) == 1, name
+            assert "# TYPE cometd_bridge_endpoint_active gauge" in metrics, name
+            label = f'{{endpoint="{endpoint}"}}'
+            published += float(samples.get(f"cometd_bridge_messages_published_total{label}", 0))
+            up += float(samples.get(f"cometd_bridge_endpoint_up{label}", 0))
+            if float(samples.get(f"cometd_bridge_endpoint_active{label}", 0)) == 1:
+                owners.append(name)
+    assert up >= 1, "no replica streams the endpoint"
+    assert len(owners) <= 1, f"several replicas hold the endpoint's lease: {owners}"
+    assert published >= MESSAGES
 
-    assert bridge.stop() == 0, bridge.output()
+    for bridge, _ in bridges.values():
+        assert bridge.stop() == 0, bridge.output()
     assert demo.stop() == 0, demo.output()
 
 

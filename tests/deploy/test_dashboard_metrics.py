@@ -39,6 +39,9 @@ REQUIRED_ON_DASHBOARD = {
     "cometd_bridge_endpoint_up",
     "cometd_bridge_unroutable_total",
     "cometd_bridge_replay_position_age_seconds",
+    # Several replicas: who streams each endpoint, and how often that moves.
+    "cometd_bridge_endpoint_active",
+    "cometd_bridge_lease_changes_total",
 }
 
 

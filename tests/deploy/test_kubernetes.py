@@ -9,6 +9,8 @@ selectors select, mounted files exist, and the PrometheusRule equals alerts.yml.
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ yaml = pytest.importorskip("yaml", reason="pyyaml (dev extra) is needed to read 
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBE = ROOT / "deploy" / "kubernetes"
+KUBE_HA = ROOT / "deploy" / "kubernetes-ha"
 
 
 def load(path: Path) -> Any:
@@ -141,4 +144,85 @@ def test_compose_wiring() -> None:
     for rule_file in config["rule_files"]:
         assert f"/etc/prometheus/{rule_file}" in mounted
     scrape = {j["job_name"]: j for j in config["scrape_configs"]}
-    assert scrape["cometd-bridge"]["static_configs"][0]["targets"] == ["bridge:8080"]
+    assert "bridge:8080" in scrape["cometd-bridge"]["static_configs"][0]["targets"]
+
+
+# The several-replica variant is a kustomize overlay: what matters is what it renders to, so
+# these tests read `kubectl kustomize deploy/kubernetes-ha` (kubectl from .venv-deploy, which
+# deploy/validate.sh installs on the `make test` path).
+
+
+def kubectl() -> str:
+    for candidate in (ROOT / ".venv-deploy" / "bin" / "kubectl", shutil.which("kubectl")):
+        if candidate and Path(candidate).is_file():
+            return str(candidate)
+    pytest.fail("no kubectl: run `bash deploy/validate.sh` (it installs .venv-deploy/bin/kubectl)")
+
+
+@pytest.fixture(scope="module")
+def ha() -> dict[str, Any]:
+    result = subprocess.run(
+        [kubectl(), "kustomize", str(KUBE_HA)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    docs = [d for d in yaml.safe_load_all(result.stdout) if d]
+    kinds = [d["kind"] for d in docs]
+    assert len(set(kinds)) == len(kinds), kinds
+    return {d["kind"]: d for d in docs}
+
+
+def test_ha_rolls_two_replicas_one_pod_at_a_time(ha: dict[str, Any]) -> None:
+    spec = ha["Deployment"]["spec"]
+    assert spec["replicas"] == 2
+    assert spec["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+    }
+
+
+def test_ha_coordinates_in_rabbitmq_without_a_volume(ha: dict[str, Any]) -> None:
+    data = ha["ConfigMap"]["data"]
+    assert data["BRIDGE_COORDINATION"] == "rabbitmq"
+    assert "BRIDGE_STATE_DIR" not in data
+    assert "PersistentVolumeClaim" not in ha
+    pod = ha["Deployment"]["spec"]["template"]["spec"]
+    assert all("persistentVolumeClaim" not in v for v in pod["volumes"]), pod["volumes"]
+    (container,) = pod["containers"]
+    volumes = {v["name"] for v in pod["volumes"]}
+    assert {m["name"] for m in container["volumeMounts"]} <= volumes
+    assert [m["mountPath"] for m in container["volumeMounts"]] == ["/tmp"]
+
+
+def test_ha_names_each_replica_after_its_pod(ha: dict[str, Any]) -> None:
+    (container,) = ha["Deployment"]["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in container.get("env", [])}
+    assert env["BRIDGE_REPLICA_ID"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+
+
+def test_ha_budget_keeps_one_replica_through_drains(ha: dict[str, Any]) -> None:
+    budget = ha["PodDisruptionBudget"]["spec"]
+    assert budget["minAvailable"] == 1
+    assert "maxUnavailable" not in budget
+    # A budget that allows no eviction at all would block every node drain.
+    assert budget["minAvailable"] < ha["Deployment"]["spec"]["replicas"]
+    labels = ha["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    assert budget["selector"]["matchLabels"].items() <= labels.items()
+    assert ha["Service"]["spec"]["selector"].items() <= labels.items()
+
+
+def test_ha_prefers_replicas_on_different_nodes(ha: dict[str, Any]) -> None:
+    template = ha["Deployment"]["spec"]["template"]
+    anti = template["spec"]["affinity"]["podAntiAffinity"]
+    assert "requiredDuringSchedulingIgnoredDuringExecution" not in anti  # prefer, not require
+    (term,) = anti["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    selector = term["podAffinityTerm"]["labelSelector"]["matchLabels"]
+    assert selector
+    assert selector.items() <= template["metadata"]["labels"].items()
+
+
+def test_ha_grace_period_outlasts_the_handover(ha: dict[str, Any]) -> None:
+    drain = float(ha["ConfigMap"]["data"]["BRIDGE_SHUTDOWN_TIMEOUT"])
+    pod = ha["Deployment"]["spec"]["template"]["spec"]
+    # The drain, then storing positions and releasing every lease before SIGKILL.
+    assert pod["terminationGracePeriodSeconds"] >= 2 * drain
