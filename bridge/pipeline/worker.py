@@ -155,6 +155,8 @@ class EndpointWorker:
             status=self.status,
             log=self._log,
             max_inflight=config.max_inflight,
+            endpoint=name,
+            dead_letter_exchange=config.dead_letter_exchange,
         )
         self._gaps = (
             GapHandler(
