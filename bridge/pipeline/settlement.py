@@ -141,7 +141,9 @@ class Settlement:
             channel=summarize(channel, limit=200) if channel is not None else None,
             message=summarize(message),
         )
-        if dead_lettered and self._dead_letter_skipped(message, channel, reason, error):
+        if dead_lettered and self._dead_letter_skipped(
+            message, channel, reason, error_text(error, limit=2000), acked=self._track_acks
+        ):
             return
         if not isinstance(message, dict):
             return
@@ -154,22 +156,49 @@ class Settlement:
             self._keeper.received(channel, replay_id)
             self._keeper.confirmed(channel, replay_id)
 
+    def dead_letter_refused(self, reason: str, detail: str, message: Any) -> None:
+        """Dead-letter a message the CometD client refused once decoded (too deep, not Bayeux,
+        over the size cap); counted by the status observer. Without a dead-letter exchange,
+        or when the sink is closed, it stays skipped as before.
+
+        Its replay position is not held for the dead letter: the client refuses it while
+        decoding, before the messages received ahead of it reach the keeper, and the keeper
+        must see a channel's messages in arrival order (else the watermark could pass them)."""
+        if self._dead_letter_exchange is None:
+            return
+        channel = message.get("channel") if isinstance(message, dict) else None
+        try:
+            # Never acknowledged: the client refused it before the ack extension saw it.
+            self._dead_letter_skipped(
+                message, channel, reason, detail, acked=False, positioned=False
+            )
+        except RuntimeError:  # the sink is closed: the session is ending
+            self._log.warning("sink closed; a refused message is not dead-lettered", reason=reason)
+
     def _dead_letter_skipped(
-        self, message: Any, channel: Any, reason: str, error: BaseException
+        self,
+        message: Any,
+        channel: Any,
+        reason: str,
+        error: str,
+        *,
+        acked: bool,
+        positioned: bool = True,
     ) -> bool:
-        """Submit the dead letter of a message routing or the sink refused; False when even
-        that cannot be submitted (then it is skipped as without a dead-letter exchange)."""
+        """Submit the dead letter of a message the client, routing or the sink refused; False
+        when even that cannot be submitted (then it is skipped as without a dead-letter
+        exchange)."""
         assert self._dead_letter_exchange is not None
         is_dict = isinstance(message, dict)
-        replay_id = replay_id_of(message.get("data")) if is_dict else None
-        ack_tag = self._source.ack_tag_of(message) if is_dict and self._track_acks else None
+        replay_id = replay_id_of(message.get("data")) if is_dict and positioned else None
+        ack_tag = self._source.ack_tag_of(message) if is_dict and acked else None
         event_time = event_time_of(message) if is_dict and self._keeper is not None else None
         try:
             letter = dead_letter(
                 exchange=self._dead_letter_exchange,
                 endpoint=self._endpoint,
                 reason=reason,
-                error=error_text(error, limit=2000),
+                error=error,
                 channel=channel,
                 replay_id=replay_id,
                 now=time.time(),

@@ -24,6 +24,8 @@ from tests.e2e.test_endpoint_message_faults import (
     SHORT,
     eventually,
     malformed,
+    nested_json,
+    poison_first,
     running_supervisor,
 )
 from tests.fakes.fake_bayeux import FakeBayeux, patch_reply
@@ -210,3 +212,42 @@ async def test_without_a_dead_letter_exchange_a_poison_event_is_skipped_as_befor
         await eventually(lambda: position(sup, LONG) == 4, 15, "the position moved over it")
         assert malformed(sup, "unpublishable") == 1
         assert sample(sup, "cometd_bridge_dead_lettered_total", reason="unpublishable") == 0
+
+
+async def test_a_message_the_client_refuses_as_too_deep_is_dead_lettered_as_received(
+    amqp_url: str,
+    fake_bayeux: FakeBayeux,
+    exchange_name: str,
+    collector: QueueCollector,
+    dead_letters: DeadLetters,
+    tmp_path: Path,
+) -> None:
+    head = json.dumps({"channel": SHORT, "id": "deep", "data": {"seq": -1}})[:-2]
+    poison = head + ', "x": ' + nested_json(300) + "}}"
+    fake_bayeux.on("/meta/connect", poison_first(poison))
+    endpoint = {
+        "url": fake_bayeux.url,
+        "channels": [SHORT],
+        "connection_types": "long-polling",
+        "exchange": exchange_name,
+        "dead_letter_exchange": dead_letters._exchange,
+    }
+    async with running_supervisor(amqp_url, tmp_path, {"ep": endpoint}) as sup:
+        await eventually(lambda: "ep" in sup.workers and sup.workers["ep"].up, 20, "endpoint up")
+        await dead_letters.bind()
+        for seq in range(1, 4):
+            fake_bayeux.publish(SHORT, {"seq": seq})
+        await collector.wait_for(3, within=20)
+        await dead_letters.wait_for(1)
+        assert malformed(sup, "too_deep") == 1
+        await eventually(
+            lambda: sample(sup, "cometd_bridge_dead_lettered_total", reason="too_deep") == 1,
+            15,
+            "the dead letter counted",
+        )
+
+    letter = dead_letters.messages[0]
+    assert letter.headers["cometd-dead-letter-reason"] == "too_deep"
+    assert letter.headers["cometd-channel"] == SHORT
+    assert "nested deeper than" in str(letter.headers["cometd-dead-letter-error"])
+    assert json.loads(letter.body) == json.loads(poison)
