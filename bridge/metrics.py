@@ -45,7 +45,8 @@ NAMESPACE: Final = "cometd_bridge"
 # The client library defines the reasons it reports; the metric pre-creates one series each,
 # in a stable order so the exposition does not shuffle between runs.
 RECONNECT_REASONS: Final = tuple(sorted(_CLIENT_RECONNECT_REASONS))
-PUBLISH_FAILURE_REASONS: Final = ("nack", "timeout", "connection")
+# ``unroutable``: a dead letter returned by the broker (no queue bound), published again.
+PUBLISH_FAILURE_REASONS: Final = ("nack", "timeout", "connection", "unroutable")
 UNROUTABLE_ACTIONS: Final = ("alternate", "logged")
 HANDSHAKE_RESULTS: Final = ("success", "failure")
 
@@ -136,6 +137,10 @@ class EndpointMetrics:
     def malformed(self, reason: str) -> None:
         """Count a skipped server message (bounded ``reason``, e.g. ``bad_json``, ``oversize``)."""
         self._m.malformed_messages.labels(self.name, reason).inc()
+
+    def dead_lettered(self, reason: str) -> None:
+        """Count a message whose dead letter the broker confirmed (bounded ``reason``)."""
+        self._m.dead_lettered.labels(self.name, reason).inc()
 
     def auth_limit(self, limit: str) -> None:
         """Count a quota/limit error from the server (bounded ``limit`` name)."""
@@ -233,6 +238,13 @@ class Metrics:
         self.malformed_messages = Counter(
             "malformed_messages",
             "Server messages skipped (bad JSON, not Bayeux, oversize).",
+            ["endpoint", "reason"],
+            namespace=ns,
+            registry=r,
+        )
+        self.dead_lettered = Counter(
+            "dead_lettered",
+            "Messages not publishable to their exchange, confirmed on the dead-letter exchange.",
             ["endpoint", "reason"],
             namespace=ns,
             registry=r,

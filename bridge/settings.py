@@ -147,6 +147,14 @@ def _null(value: Any) -> Any:
     return value
 
 
+def _check_exchange_name(value: str | None) -> str | None:
+    # An AMQP exchange name is a short string: at most 255 bytes, and not empty (the default
+    # exchange routes by queue name, which a dead letter must never do).
+    if value is not None and not 0 < len(value.encode()) <= 255:
+        raise PydanticCustomError("exchange_name", "must be 1 to 255 bytes, or null to disable")
+    return value
+
+
 def _log_level(value: Any) -> Any:
     if not isinstance(value, str):
         return value
@@ -354,6 +362,12 @@ class Endpoint(_Model):
     exchange_type: Literal["topic", "direct", "fanout", "headers"] = "topic"
     routing_key: Annotated[str, AfterValidator(_check_routing_key)] = "{channel}"
     alternate_exchange: Annotated[str | None, BeforeValidator(_null)] = None
+    dead_letter_exchange: Annotated[
+        str | None, BeforeValidator(_null), AfterValidator(_check_exchange_name)
+    ] = "cometd.dead-letter"
+    """Durable topic exchange for messages that cannot be published; ``null`` disables."""
+    max_nacks: PositiveInt = 10
+    """Broker nacks of one message before it is dead-lettered (with a dead-letter exchange)."""
     headers: dict[str, str] = {}
     """Extra HTTP headers sent to the CometD server."""
     replay: Annotated[Literal["off", "new", "all", "stored"], BeforeValidator(_replay_alias)] = (
@@ -409,6 +423,17 @@ class Endpoint(_Model):
                 "Salesforce has no wildcard subscriptions and replay positions are kept per "
                 "concrete channel; list the channels one by one or set replay off",
                 {"replay": self.replay, "channels": ", ".join(wildcards), "field": "replay"},
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _dead_letters_elsewhere(self) -> Endpoint:
+        if self.dead_letter_exchange is not None and self.dead_letter_exchange == self.exchange:
+            raise PydanticCustomError(
+                "dead_letter_exchange",
+                "{field} must differ from exchange {exchange}: dead letters would be mixed with "
+                "the messages",
+                {"field": "dead_letter_exchange", "exchange": self.exchange},
             )
         return self
 

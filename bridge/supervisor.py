@@ -43,6 +43,7 @@ from bridge.auth.extension import TokenAuthExtension
 from bridge.auth.factory import resolve_endpoint_url
 from bridge.http import start_http_server
 from bridge.metrics import Metrics
+from bridge.pipeline.dead_letters import DEAD_LETTER_EXCHANGE_TYPE
 from bridge.pipeline.gaps import GapRecords
 from bridge.pipeline.sink import Sink
 from bridge.pipeline.status import PublisherMetricsHooks
@@ -322,6 +323,8 @@ class Supervisor:
                             hooks=PublisherMetricsHooks(self.metrics.endpoint(name)),
                             alternate_exchange=ep.alternate_exchange,
                             max_inflight=ep.max_inflight,
+                            # Without a dead-letter exchange a nacked message is retried forever.
+                            max_nacks=ep.max_nacks if ep.dead_letter_exchange else None,
                         )
                 if self._gap_records is None and self._replaying():
                     # Named outside the endpoint name grammar, so it can never collide with one.
@@ -355,6 +358,10 @@ class Supervisor:
                     ep.exchange, ep.exchange_type, alternate_exchange=ep.alternate_exchange
                 )
                 declared.add(ep.exchange)
+            dlx = ep.dead_letter_exchange
+            if dlx is not None and dlx not in declared:
+                await self._amqp.declare_exchange(dlx, DEAD_LETTER_EXCHANGE_TYPE)
+                declared.add(dlx)
 
     def _worker_done(self, worker: EndpointWorker, task: asyncio.Task[None]) -> None:
         # EndpointWorker.run never raises; if it ever does, say so and show it failed.

@@ -112,6 +112,7 @@ class AmqpConnection:
         hooks: PublisherHooks | None = None,
         alternate_exchange: str | None = None,
         max_inflight: int = 512,
+        max_nacks: int | None = None,
     ) -> EndpointSink:
         """Open ``endpoint``'s sink on its own confirm channel (once; closing it frees the name
         again)."""
@@ -127,6 +128,7 @@ class AmqpConnection:
             max_inflight=max_inflight,
             publish_timeout=self._publish_timeout,
             redeclare=self.redeclare,
+            max_nacks=max_nacks,
         )
         await publisher.start()
         self._endpoints[endpoint] = publisher

@@ -21,7 +21,8 @@ objects and a drained write per message): ``bench/publish_ceiling.py`` measures 
 plain aio-pika's msg/s and many times the fast path's CPU per message, hence the fallback.
 As on the fast path, the same ``message_id`` is never in flight twice on the channel, so a
 return maps to exactly one message (aio-pika#689 cannot happen), and at most
-``max_inflight`` publishes wait for their confirm at once.
+``max_inflight`` publishes wait for their confirm at once; ``max_nacks`` and dead letters
+behave as on the fast path.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from aio_pika.exceptions import (
 
 from bridge.amqp.frames import check_shortstr, encode_headers
 from bridge.amqp.publisher import NullHooks, Publishable, PublisherHooks, PublishResult
+from bridge.pipeline.sink import retries_until_routed
 
 
 __all__ = ["PublicApiPublisher"]
@@ -76,7 +78,7 @@ Underlay = aiormq.abc.AbstractChannel
 class _Entry:
     """One message on its way: its target, its aio-pika message once built, delivery state."""
 
-    __slots__ = ("amqp", "attempts", "done", "exchange", "msg", "seq")
+    __slots__ = ("amqp", "attempts", "done", "exchange", "msg", "nacks", "seq")
 
     def __init__(self, msg: Publishable, done: DoneCallback, seq: int) -> None:
         self.msg = msg
@@ -85,6 +87,7 @@ class _Entry:
         self.exchange = msg.exchange
         self.amqp: aio_pika.Message | None = None
         self.attempts = 0
+        self.nacks = 0
 
 
 class PublicApiPublisher:
@@ -105,10 +108,14 @@ class PublicApiPublisher:
         max_inflight: int = 512,
         publish_timeout: float = 10.0,
         redeclare: Callable[[], Awaitable[None]] | None = None,
+        max_nacks: int | None = None,
     ) -> None:
         if max_inflight < 1:
             raise ValueError("max_inflight must be positive")
+        if max_nacks is not None and max_nacks < 1:
+            raise ValueError("max_nacks must be positive")
         self.endpoint = endpoint
+        self._max_nacks = max_nacks
         self._connection = connection
         self._hooks: PublisherHooks = hooks or NullHooks()
         self._alternate = alternate_exchange
@@ -402,7 +409,11 @@ class PublicApiPublisher:
             self._losses = 0
             self._release(e)
             self._hooks.on_failure("nack", 1)
-            self._retry_later(e)
+            e.nacks += 1
+            if self._refused(e):
+                self._finish(e, PublishResult.REFUSED)
+            else:
+                self._retry_later(e)
         except TimeoutError:
             self._release(e)
             self._lost.append((e, "timeout"))
@@ -456,6 +467,19 @@ class PublicApiPublisher:
         if self._pending or self._lost:
             self._wake.set()
 
+    def _refused(self, e: _Entry) -> bool:
+        """Nacked ``max_nacks`` times: give it back to the caller instead of retrying."""
+        if self._max_nacks is None or e.nacks < self._max_nacks or retries_until_routed(e.msg):
+            return False
+        log.warning(
+            "publisher %s: message nacked %d times; not retried: message_id=%.300s exchange=%.300s",
+            self.endpoint,
+            e.nacks,
+            e.msg.message_id,
+            e.exchange,
+        )
+        return True
+
     def _finish(self, e: _Entry, result: PublishResult) -> None:
         if self._stopped:
             return
@@ -497,6 +521,19 @@ class PublicApiPublisher:
 
     def _unroutable(self, e: _Entry, code: int, text: str) -> None:
         msg = e.msg
+        if retries_until_routed(msg):
+            log.warning(
+                "unroutable dead letter returned by the broker (%d %s): endpoint=%s "
+                "message_id=%s exchange=%s; publishing it again",
+                code,
+                text,
+                self.endpoint,
+                msg.message_id,
+                e.exchange,
+            )
+            self._hooks.on_failure("unroutable", 1)
+            self._retry_later(e)
+            return
         to_alternate = self._alternate is not None and e.exchange != self._alternate
         log.warning(
             "unroutable message returned by the broker (%d %s): endpoint=%s message_id=%s "

@@ -15,7 +15,11 @@ Guarantees, each proven by the integration tests:
 - channel or connection loss, a confirm timeout and a nack all re-queue the message, which is
   published again once the channel is back (duplicates possible, losses not);
 - the same ``message_id`` is never in flight twice on the channel, so a return always maps to
-  exactly one message (and aio-pika#689 cannot happen here).
+  exactly one message (and aio-pika#689 cannot happen here);
+- with ``max_nacks`` set, a message nacked that many times is reported ``REFUSED`` (the
+  caller dead-letters it) instead of being retried forever; a dead letter
+  (:func:`~bridge.pipeline.sink.retries_until_routed`) is retried however often it is nacked
+  or returned unroutable, and never re-routed to the alternate exchange.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from pamqp import commands as spec
 from pamqp.header import ContentHeader
 
 from bridge.amqp.frames import FrameEncoder, check_shortstr, encode_headers
-from bridge.pipeline.sink import Publishable, PublishResult
+from bridge.pipeline.sink import Publishable, PublishResult, retries_until_routed
 
 
 __all__ = [
@@ -96,7 +100,17 @@ DoneCallback = Callable[[Any, PublishResult], None]
 class _Entry:
     """One message on its way: its encoded properties, target and delivery state."""
 
-    __slots__ = ("attempts", "done", "exchange", "msg", "props", "returned", "sent_at", "settled")
+    __slots__ = (
+        "attempts",
+        "done",
+        "exchange",
+        "msg",
+        "nacks",
+        "props",
+        "returned",
+        "sent_at",
+        "settled",
+    )
 
     def __init__(self, msg: Publishable, done: DoneCallback, props: bytes) -> None:
         self.msg = msg
@@ -106,6 +120,7 @@ class _Entry:
         self.returned: tuple[int, str] | None = None
         self.settled = False
         self.attempts = 0
+        self.nacks = 0
         self.sent_at = 0.0
 
 
@@ -127,10 +142,14 @@ class AmqpSink:
         max_inflight: int = 512,
         publish_timeout: float = 10.0,
         redeclare: Callable[[], Awaitable[None]] | None = None,
+        max_nacks: int | None = None,
     ) -> None:
         if max_inflight < 1:
             raise ValueError("max_inflight must be positive")
+        if max_nacks is not None and max_nacks < 1:
+            raise ValueError("max_nacks must be positive")
         self.endpoint = endpoint
+        self._max_nacks = max_nacks
         self._connection = connection
         self._hooks: PublisherHooks = hooks or NullHooks()
         self._alternate = alternate_exchange
@@ -463,13 +482,30 @@ class AmqpSink:
             self._wake.set()
         if nack:
             self._hooks.on_failure("nack", 1)
-            self._retry_later(e)
+            e.nacks += 1
+            if self._refused(e):
+                self._finish(e, PublishResult.REFUSED)
+            else:
+                self._retry_later(e)
             return
         if e.returned is not None:
             self._unroutable(e)
             return
         rerouted = e.exchange != e.msg.exchange
         self._finish(e, PublishResult.ALTERNATE if rerouted else PublishResult.CONFIRMED)
+
+    def _refused(self, e: _Entry) -> bool:
+        """Nacked ``max_nacks`` times: give it back to the caller instead of retrying."""
+        if self._max_nacks is None or e.nacks < self._max_nacks or retries_until_routed(e.msg):
+            return False
+        log.warning(
+            "publisher %s: message nacked %d times; not retried: message_id=%.300s exchange=%.300s",
+            self.endpoint,
+            e.nacks,
+            e.msg.message_id,
+            e.exchange,
+        )
+        return True
 
     def _finish(self, e: _Entry, result: PublishResult) -> None:
         self._outstanding -= 1
@@ -509,6 +545,19 @@ class AmqpSink:
     def _unroutable(self, e: _Entry) -> None:
         code, text = e.returned or (0, "")
         msg = e.msg
+        if retries_until_routed(msg):
+            log.warning(
+                "unroutable dead letter returned by the broker (%d %s): endpoint=%s "
+                "message_id=%s exchange=%s; publishing it again",
+                code,
+                text,
+                self.endpoint,
+                msg.message_id,
+                e.exchange,
+            )
+            self._hooks.on_failure("unroutable", 1)
+            self._retry_later(e)
+            return
         to_alternate = self._alternate is not None and e.exchange != self._alternate
         log.warning(
             "unroutable message returned by the broker (%d %s): endpoint=%s message_id=%s "

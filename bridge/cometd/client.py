@@ -1022,12 +1022,12 @@ class Client:
             self._pending_bytes += added
             self._wakeup.set()
 
-    def _on_skipped(self, reason: str, detail: str) -> None:
+    def _on_skipped(self, reason: str, detail: str, message: Any = None) -> None:
         log.warning("skipped a server message (%s): %s", reason, detail)
-        self._emit(MessageSkipped(reason, detail))
+        self._emit(MessageSkipped(reason, detail, message))
 
-    def _on_websocket_skipped(self, reason: str, detail: str) -> None:
-        self._on_skipped(reason, detail)
+    def _on_websocket_skipped(self, reason: str, detail: str, message: Any = None) -> None:
+        self._on_skipped(reason, detail, message)
         if reason != "invalid_json" or self._factory.client_id is None:
             return
         # An undecodable frame may have carried events (a long-polling body that fails fails

@@ -8,7 +8,8 @@ own task; it must be quick, and an exception it raises is logged and ignored, ne
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 
 __all__ = [
@@ -81,10 +82,16 @@ class Reconnecting:
 
 @dataclass(frozen=True, slots=True)
 class MessageSkipped:
-    """A server message was dropped as unusable (``reason`` in :data:`SKIP_REASONS`)."""
+    """A server message was dropped as unusable (``reason`` in :data:`SKIP_REASONS`).
+
+    ``message`` is the decoded item when there is one (a message too deep, not Bayeux, or over
+    the size cap once decoded), so the application can keep it; None for a body that is not
+    JSON or a message cut or refused before it was decoded."""
 
     reason: str
     detail: str
+    # Never in repr or ==: it may be nested past the recursion limit or megabytes long.
+    message: Any = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,6 +51,7 @@ __all__ = [
     "instant_reply_spacing",
     "validate_channel",
     "validate_payload",
+    "split_payload",
     "split_replies",
     "decide_connect",
     "decide_handshake",
@@ -304,22 +305,29 @@ def validate_payload(obj: object) -> tuple[list[Message], list[tuple[str, str]]]
     as a list of one. Anything else in the list is skipped (reason ``not_bayeux``). A body
     that is not a list or object at all returns no messages and one skipped entry.
     """
+    messages, skipped = split_payload(obj)
+    return messages, [(reason, detail) for reason, detail, _item in skipped]
+
+
+def split_payload(obj: object) -> tuple[list[Message], list[tuple[str, str, object]]]:
+    """:func:`validate_payload` with each skipped entry's item: ``(reason, detail, item)``
+    (the whole body when it is no list or object), so an application can keep what it got."""
     if isinstance(obj, dict):
         obj = [obj]
     if not isinstance(obj, list):
-        return [], [("not_bayeux", f"body is a {type(obj).__name__}, not a list")]
+        return [], [("not_bayeux", f"body is a {type(obj).__name__}, not a list", obj)]
     messages: list[Message] = []
-    skipped: list[tuple[str, str]] = []
+    skipped: list[tuple[str, str, object]] = []
     # The exact walk costs microseconds per message; orjson serialises the whole body in a
     # fraction of that and fails exactly when some item nests deeper than MAX_DEPTH.
     check_depth = not _shallow(obj)
     for item in obj:
         if check_depth and too_deep(item):
-            skipped.append(("too_deep", describe_too_deep(item)))
+            skipped.append(("too_deep", describe_too_deep(item), item))
         elif isinstance(item, dict) and isinstance(item.get("channel"), str):
             messages.append(item)
         else:
-            skipped.append(("not_bayeux", _describe(item)))
+            skipped.append(("not_bayeux", _describe(item), item))
     return messages, skipped
 
 

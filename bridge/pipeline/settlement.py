@@ -4,8 +4,11 @@ released.
 :meth:`Settlement.hand_over` routes a batch from the source and submits each message to the
 sink, entering its replay id into the endpoint's :class:`~bridge.positions.PositionKeeper`;
 the sink's ``done`` callback then confirms the position and hands the message's ack tag back to
-the source. A message that can never be published is skipped: counted, logged, and settled at
-once (position and ack), so neither sticks behind it.
+the source. A message that can never be published (unroutable, unencodable, or nacked by the
+broker ``max_nacks`` times) is counted and logged and, with a dead-letter exchange configured,
+published there (:mod:`bridge.pipeline.dead_letters`): it is settled (position and ack) by the
+dead letter's confirm, so the position never moves over a message that is nowhere. Without a
+dead-letter exchange it is skipped and settled at once, so neither sticks behind it.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from bridge.cometd.ext import event_time_of
+from bridge.pipeline.dead_letters import DeadLetter, dead_letter
 from bridge.pipeline.sink import PublishResult, Sink
 from bridge.pipeline.source import Source
 from bridge.routing import RoutedMessage, Router, replay_id_of
@@ -50,7 +54,11 @@ class Settlement:
         status: EndpointStatus,
         log: structlog.typing.FilteringBoundLogger,
         max_inflight: int,
+        endpoint: str = "",
+        dead_letter_exchange: str | None = None,
     ) -> None:
+        self._endpoint = endpoint
+        self._dead_letter_exchange = dead_letter_exchange
         self._router = router
         self._sink = sink
         self._source = source
@@ -119,17 +127,24 @@ class Settlement:
 
     def _skip(self, message: Any, reason: str, error: BaseException) -> None:
         # Not silently dropped: counted and logged with what identifies it (a bounded summary:
-        # the message may be nested past the recursion limit or megabytes long); acknowledged
-        # so the ack never sticks behind a message that can never be published.
+        # the message may be nested past the recursion limit or megabytes long), dead-lettered
+        # when the endpoint has a dead-letter exchange, else acknowledged at once so the ack
+        # never sticks behind a message that can never be published.
         self._metrics.malformed(reason)
         channel = message.get("channel") if isinstance(message, dict) else None
+        dead_lettered = self._dead_letter_exchange is not None
         self._log.error(
-            "server message cannot be published; skipped",
+            "server message cannot be published; "
+            + ("dead-lettered" if dead_lettered else "skipped"),
             reason=reason,
             error=error_text(error),
             channel=summarize(channel, limit=200) if channel is not None else None,
             message=summarize(message),
         )
+        if dead_lettered and self._dead_letter_skipped(
+            message, channel, reason, error_text(error, limit=2000), acked=self._track_acks
+        ):
+            return
         if not isinstance(message, dict):
             return
         if self._track_acks:
@@ -141,7 +156,154 @@ class Settlement:
             self._keeper.received(channel, replay_id)
             self._keeper.confirmed(channel, replay_id)
 
+    def dead_letter_refused(self, reason: str, detail: str, message: Any) -> None:
+        """Dead-letter a message the CometD client refused once decoded (too deep, not Bayeux,
+        over the size cap); counted by the status observer. Without a dead-letter exchange,
+        or when the sink is closed, it stays skipped as before.
+
+        Its replay position is not held for the dead letter: the client refuses it while
+        decoding, before the messages received ahead of it reach the keeper, and the keeper
+        must see a channel's messages in arrival order (else the watermark could pass them)."""
+        if self._dead_letter_exchange is None:
+            return
+        channel = message.get("channel") if isinstance(message, dict) else None
+        try:
+            # Never acknowledged: the client refused it before the ack extension saw it.
+            self._dead_letter_skipped(
+                message, channel, reason, detail, acked=False, positioned=False
+            )
+        except RuntimeError:  # the sink is closed: the session is ending
+            self._log.warning("sink closed; a refused message is not dead-lettered", reason=reason)
+
+    def _dead_letter_skipped(
+        self,
+        message: Any,
+        channel: Any,
+        reason: str,
+        error: str,
+        *,
+        acked: bool,
+        positioned: bool = True,
+    ) -> bool:
+        """Submit the dead letter of a message the client, routing or the sink refused; False
+        when even that cannot be submitted (then it is skipped as without a dead-letter
+        exchange)."""
+        assert self._dead_letter_exchange is not None
+        is_dict = isinstance(message, dict)
+        replay_id = replay_id_of(message.get("data")) if is_dict and positioned else None
+        ack_tag = self._source.ack_tag_of(message) if is_dict and acked else None
+        event_time = event_time_of(message) if is_dict and self._keeper is not None else None
+        try:
+            letter = dead_letter(
+                exchange=self._dead_letter_exchange,
+                endpoint=self._endpoint,
+                reason=reason,
+                error=error,
+                channel=channel,
+                replay_id=replay_id,
+                now=time.time(),
+                message=message,
+                ack_tag=ack_tag,
+                event_time=event_time,
+            )
+            self._sink.submit(letter, self._on_dead_lettered)
+        except RuntimeError:  # the sink is closed: the session ends, nothing settled
+            raise
+        except Exception as exc:
+            self._log.error("dead letter cannot be published", error=error_text(exc))
+            return False
+        # The position waits for the dead letter's confirm, like any handed-over message's.
+        if self._keeper is not None and isinstance(channel, str) and isinstance(replay_id, int):
+            self._keeper.received(channel, replay_id)
+        self.outstanding += 1
+        self.received_total += 1
+        if self.outstanding >= self._max_inflight:
+            self.room.clear()
+        return True
+
+    def _dead_letter_routed(self, msg: RoutedMessage, reason: str, error: str) -> None:
+        """Submit the dead letter of a routed message the sink gave back. When even that cannot
+        be submitted (the sink is closing), the message is left unsettled: its position does
+        not move and the source sends it again in a later session."""
+        assert self._dead_letter_exchange is not None
+        try:
+            letter = dead_letter(
+                exchange=self._dead_letter_exchange,
+                endpoint=self._endpoint,
+                reason=reason,
+                error=error,
+                channel=msg.channel,
+                replay_id=msg.replay_id,
+                now=time.time(),
+                body=msg.body,
+                message_id=msg.message_id,
+                ack_tag=msg.ack_tag,
+                event_time=msg.event_time,
+            )
+            self._sink.submit(letter, self._on_dead_lettered)
+        except Exception as exc:
+            self._log.error(
+                "dead letter cannot be published; the message stays unconfirmed",
+                reason=reason,
+                channel=msg.channel,
+                replay_id=msg.replay_id,
+                error=error_text(exc),
+            )
+            self.outstanding -= 1
+            if self.outstanding < self._max_inflight:
+                self.room.set()
+
+    def _on_dead_lettered(self, letter: DeadLetter, result: PublishResult) -> None:
+        # A dead letter is retried until the broker confirms it (never returned or refused),
+        # so anything else is a dead letter that cannot even be encoded: logged, and settled
+        # all the same so the endpoint does not stall behind it.
+        if result is PublishResult.CONFIRMED:
+            self._metrics.dead_lettered(letter.reason)
+        else:
+            self._log.error(
+                "dead letter not confirmed; message dropped",
+                reason=letter.reason,
+                result=result.value,
+                channel=letter.channel,
+                replay_id=letter.replay_id,
+            )
+        self.outstanding -= 1
+        self.confirmed_total += 1
+        if self.outstanding < self._max_inflight:
+            self.room.set()
+        replay_id = letter.replay_id
+        channel = letter.channel
+        if self._keeper is not None and channel is not None and isinstance(replay_id, int):
+            self._keeper.confirmed(channel, replay_id, letter.event_time)
+        if self._track_acks and letter.ack_tag is not None:
+            self._source.confirm(letter.ack_tag)
+
+    def _diverted(self, msg: RoutedMessage, result: PublishResult) -> bool:
+        """A routed message the sink could not publish goes to the dead-letter exchange; its
+        settlement then waits for the dead letter's confirm. True when it was taken over."""
+        if self._dead_letter_exchange is None:
+            return False
+        if result is PublishResult.UNPUBLISHABLE:  # logged by the sink
+            self._metrics.malformed("unpublishable")
+            self._dead_letter_routed(
+                msg, "unpublishable", "the message could not be encoded as AMQP frames"
+            )
+            return True
+        if result is PublishResult.REFUSED:  # logged by the sink
+            self._dead_letter_routed(
+                msg, "nacked", "nacked by the broker on every attempt (max_nacks)"
+            )
+            return True
+        return False
+
     def _on_settled(self, msg: RoutedMessage, result: PublishResult) -> None:
+        if (
+            result is PublishResult.UNPUBLISHABLE or result is PublishResult.REFUSED
+        ) and self._diverted(msg, result):
+            return
+        self._settle(msg, result)
+
+    def _settle(self, msg: RoutedMessage, result: PublishResult) -> None:
         self.outstanding -= 1
         self.confirmed_total += 1
         if result is PublishResult.CONFIRMED or result is PublishResult.ALTERNATE:
@@ -153,7 +315,11 @@ class Settlement:
             self.room.set()
 
     def _on_settled_tracked(self, msg: RoutedMessage, result: PublishResult) -> None:
-        self._on_settled(msg, result)
+        if (
+            result is PublishResult.UNPUBLISHABLE or result is PublishResult.REFUSED
+        ) and self._diverted(msg, result):
+            return
+        self._settle(msg, result)
         replay_id = msg.replay_id
         if self._keeper is not None and isinstance(replay_id, int):
             self._keeper.confirmed(msg.channel, replay_id, msg.event_time)

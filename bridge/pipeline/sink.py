@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol, TypeVar
 
 
-__all__ = ["Publishable", "PublishResult", "Sink"]
+__all__ = ["Publishable", "PublishResult", "Sink", "retries_until_routed"]
 
 
 class PublishResult(enum.Enum):
@@ -23,6 +23,9 @@ class PublishResult(enum.Enum):
     # Could not be encoded as AMQP frames when its turn came (never reached the broker);
     # logged by the sink, counted by the caller. Rare: ``submit`` rejects what it can foresee.
     UNPUBLISHABLE = "unpublishable"
+    # Nacked by the broker ``max_nacks`` times (a sink built with that limit): not retried
+    # again; the caller dead-letters it.
+    REFUSED = "refused"
 
 
 class Publishable(Protocol):
@@ -45,6 +48,13 @@ class Publishable(Protocol):
 
     @property
     def timestamp(self) -> float: ...
+
+
+def retries_until_routed(msg: object) -> bool:
+    """A message with a true ``retry_until_routed`` attribute (a dead letter) is published
+    again after a back-off when the broker returns it unroutable or nacks it, however often,
+    and never re-routed to the alternate exchange: it has nowhere else to go."""
+    return getattr(msg, "retry_until_routed", False) is True
 
 
 M = TypeVar("M", bound=Publishable)

@@ -45,7 +45,7 @@ import structlog
 
 from bridge.auth.errors import FailureKind, classify_failure
 from bridge.cometd import Client
-from bridge.cometd.events import ClientEvent, FetchPaused, FetchResumed
+from bridge.cometd.events import ClientEvent, FetchPaused, FetchResumed, MessageSkipped
 from bridge.cometd.exceptions import ClientInvalidOperation, CometdError, ServerError
 from bridge.cometd.extensions import AuthExtension, Extension
 from bridge.metrics import EndpointMetrics
@@ -155,6 +155,8 @@ class EndpointWorker:
             status=self.status,
             log=self._log,
             max_inflight=config.max_inflight,
+            endpoint=name,
+            dead_letter_exchange=config.dead_letter_exchange,
         )
         self._gaps = (
             GapHandler(
@@ -548,6 +550,8 @@ class EndpointWorker:
                 self._pause_timer = loop.call_later(_PAUSE_GRACE, self._buffer_full.set)
         elif isinstance(event, FetchResumed):
             self._cancel_pause_timer()
+        elif isinstance(event, MessageSkipped) and event.message is not None:
+            self._settlement.dead_letter_refused(event.reason, event.detail, event.message)
 
     def _cancel_pause_timer(self) -> None:
         timer, self._pause_timer = self._pause_timer, None

@@ -83,6 +83,7 @@ async def test_a_routing_key_over_255_bytes_is_counted_and_later_messages_are_pu
         "channels": [SHORT, LONG],
         "connection_types": "long-polling",
         "exchange": exchange_name,
+        "dead_letter_exchange": None,  # skipped, as without dead-lettering (test_dead_letters)
         "routing_key": PREFIX + ".{channel_path}",
     }
     async with running_supervisor(amqp_url, tmp_path, {"ep": endpoint}) as sup:
@@ -138,6 +139,7 @@ async def test_a_message_nested_1000_levels_is_skipped_and_the_rest_of_its_batch
         "channels": [SHORT],
         "connection_types": "long-polling",
         "exchange": exchange_name,
+        "dead_letter_exchange": None,  # skipped, as without dead-lettering (test_dead_letters)
     }
     # Before the session starts: rules are matched when a request arrives, and the connect
     # that will carry the events is already held by the time the endpoint is up.
@@ -171,6 +173,7 @@ async def test_a_poison_event_on_a_replay_endpoint_is_skipped_and_the_position_m
         "channels": [SHORT],
         "connection_types": "long-polling",
         "exchange": exchange_name,
+        "dead_letter_exchange": None,  # skipped, as without dead-lettering (test_dead_letters)
         "replay": "stored",
         "replay_fallback": "new",
     }

@@ -28,6 +28,7 @@ CONTRACT: dict[str, tuple[str, set[str]]] = {
     "cometd_bridge_publish_failures_total": ("counter", {"endpoint", "reason"}),
     "cometd_bridge_unroutable_total": ("counter", {"endpoint", "action"}),
     "cometd_bridge_malformed_messages_total": ("counter", {"endpoint", "reason"}),
+    "cometd_bridge_dead_lettered_total": ("counter", {"endpoint", "reason"}),
     "cometd_bridge_reconnects_total": ("counter", {"endpoint", "reason"}),
     "cometd_bridge_handshakes_total": ("counter", {"endpoint", "result"}),
     "cometd_bridge_last_message_timestamp_seconds": ("gauge", {"endpoint"}),
@@ -58,6 +59,7 @@ def exercise(m: Metrics) -> None:
     ep.publish_failure("nack")
     ep.unroutable["logged"].inc()
     ep.malformed("bad_json")
+    ep.dead_lettered("unpublishable")
     ep.reconnect("network")
     ep.handshake(success=True)
     ep.publish_latency.observe(0.004)

@@ -26,7 +26,7 @@ from ..exceptions import (
     WebSocketUpgradeRefused,
 )
 from ..payload_stream import Oversize, PayloadStream, PayloadStreamError
-from ..protocol import ConnectionType, Message, is_event, validate_payload
+from ..protocol import ConnectionType, Message, is_event, split_payload
 
 
 __all__ = [
@@ -69,7 +69,9 @@ class TransportHooks:
     incoming: Callable[[list[Message], Mapping[str, str] | None], Awaitable[None]]
     #: ``(messages, sizes)``: each message's size in bytes as received (its encoded form).
     on_messages: Callable[[list[Message], list[int]], None]
-    on_skipped: Callable[[str, str], None]
+    #: ``(reason, detail[, item])``: ``item`` is the skipped decoded item, when there is one
+    #: (none for a body that is not JSON, a message cut or over the size cap while streaming).
+    on_skipped: Callable[..., None]
     #: Whether ``count`` more events of ``size`` bytes in all fit in the client's buffer now.
     admits: Callable[[int, int], bool] = lambda count, size: True
     #: Returns once one more event of ``size`` bytes fits in the client's buffer.
@@ -116,9 +118,9 @@ def decode_payload(body: str, config: TransportConfig, hooks: TransportHooks) ->
     except (ValueError, TypeError, RecursionError) as exc:
         hooks.on_skipped("invalid_json", _sample(body))
         raise MalformedResponseError(f"response is not JSON: {exc}") from None
-    messages, skipped = validate_payload(obj)
-    for reason, detail in skipped:
-        hooks.on_skipped(reason, detail)
+    messages, skipped = split_payload(obj)
+    for reason, detail, item in skipped:
+        hooks.on_skipped(reason, detail, item)
     if not messages and not isinstance(obj, list):
         raise MalformedResponseError("response is not a list of Bayeux messages")
     # Cheap path: a body under the per-message cap cannot hold an oversize message.
@@ -131,6 +133,7 @@ def decode_payload(body: str, config: TransportConfig, hooks: TransportHooks) ->
                     "oversize",
                     f"{message.get('channel')} message of {size} bytes "
                     f"(max_message_size={config.max_message_size})",
+                    message,
                 )
             else:
                 kept.append(message)
@@ -227,9 +230,9 @@ class Delivery:
             return
         self._group, self._sizes, self._events, self._bytes = [], {}, 0, 0
         hooks = self._hooks
-        messages, skipped = validate_payload(group)
-        for reason, detail in skipped:
-            hooks.on_skipped(reason, detail)
+        messages, skipped = split_payload(group)
+        for reason, detail, item in skipped:
+            hooks.on_skipped(reason, detail, item)
         await hooks.incoming(messages, self._headers)
         rest = self._route(messages)
         if rest:

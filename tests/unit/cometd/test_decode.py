@@ -22,7 +22,7 @@ class Sink:
 
         return TransportHooks(nothing, nothing, lambda messages, size: None, self.on_skipped)
 
-    def on_skipped(self, reason: str, detail: str) -> None:
+    def on_skipped(self, reason: str, detail: str, _item: object = None) -> None:
         self.skipped.append((reason, detail))
 
 
