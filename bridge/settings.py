@@ -365,7 +365,8 @@ class Endpoint(_Model):
     dead_letter_exchange: Annotated[
         str | None, BeforeValidator(_null), AfterValidator(_check_exchange_name)
     ] = "cometd.dead-letter"
-    """Durable topic exchange for messages that cannot be published; ``null`` disables."""
+    """Durable topic exchange for messages that cannot be published; ``null`` disables. The
+    default one gets a durable queue of the same name bound to it (``#``)."""
     max_nacks: PositiveInt = 10
     """Broker nacks of one message before it is dead-lettered (with a dead-letter exchange)."""
     headers: dict[str, str] = {}

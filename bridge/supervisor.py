@@ -43,7 +43,7 @@ from bridge.auth.extension import TokenAuthExtension
 from bridge.auth.factory import resolve_endpoint_url
 from bridge.http import start_http_server
 from bridge.metrics import Metrics
-from bridge.pipeline.dead_letters import DEAD_LETTER_EXCHANGE_TYPE
+from bridge.pipeline.dead_letters import DEAD_LETTER_EXCHANGE_TYPE, DEFAULT_DEAD_LETTER_EXCHANGE
 from bridge.pipeline.gaps import GapRecords
 from bridge.pipeline.sink import Sink
 from bridge.pipeline.status import PublisherMetricsHooks
@@ -361,6 +361,11 @@ class Supervisor:
             dlx = ep.dead_letter_exchange
             if dlx is not None and dlx not in declared:
                 await self._amqp.declare_exchange(dlx, DEAD_LETTER_EXCHANGE_TYPE)
+                if dlx == DEFAULT_DEAD_LETTER_EXCHANGE:
+                    # The default keeps its dead letters in a queue of the same name: with no
+                    # queue bound, a dead letter would be retried forever and hold its
+                    # channel's position (an operator's own exchange is theirs to bind).
+                    await self._amqp.declare_bound_queue(dlx, dlx)
                 declared.add(dlx)
 
     def _worker_done(self, worker: EndpointWorker, task: asyncio.Task[None]) -> None:

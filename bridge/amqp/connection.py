@@ -105,6 +105,17 @@ class AmqpConnection:
             if not channel.is_closed:
                 await channel.close()
 
+    async def declare_bound_queue(self, queue: str, exchange: str, routing_key: str = "#") -> None:
+        """Declare a durable queue bound to ``exchange`` (idempotent; on a short-lived channel
+        like :meth:`declare_exchange`)."""
+        channel = await self.connection.channel(publisher_confirms=False)
+        try:
+            declared = await channel.declare_queue(queue, durable=True)
+            await declared.bind(exchange, routing_key)
+        finally:
+            if not channel.is_closed:
+                await channel.close()
+
     async def channel_for(
         self,
         endpoint: str,

@@ -24,6 +24,7 @@ from bridge.summary import summarize
 
 __all__ = [
     "DEAD_LETTER_EXCHANGE_TYPE",
+    "DEFAULT_DEAD_LETTER_EXCHANGE",
     "ERROR_MAX_CHARS",
     "MAX_BODY_BYTES",
     "DeadLetter",
@@ -31,6 +32,8 @@ __all__ = [
 ]
 
 DEAD_LETTER_EXCHANGE_TYPE: Final = "topic"
+# The default exchange; the bridge also declares a durable queue of this name bound to it.
+DEFAULT_DEAD_LETTER_EXCHANGE: Final = "cometd.dead-letter"
 #: Longest body kept; a longer one is cut and flagged (``cometd-dead-letter-truncated``).
 MAX_BODY_BYTES: Final = 1024 * 1024
 #: Longest ``cometd-dead-letter-error`` header value, in characters (after redaction).

@@ -251,3 +251,50 @@ async def test_a_message_the_client_refuses_as_too_deep_is_dead_lettered_as_rece
     assert letter.headers["cometd-channel"] == SHORT
     assert "nested deeper than" in str(letter.headers["cometd-dead-letter-error"])
     assert json.loads(letter.body) == json.loads(poison)
+
+
+async def test_the_default_dead_letter_exchange_keeps_dead_letters_in_its_own_queue(
+    amqp_url: str,
+    amqp_connection: aio_pika.abc.AbstractRobustConnection,
+    fake_bayeux: FakeBayeux,
+    exchange_name: str,
+    collector: QueueCollector,
+    tmp_path: Path,
+) -> None:
+    """With nothing configured, a dead letter lands in the queue ``cometd.dead-letter`` that
+    the bridge declares: it is not retried forever against an exchange nobody bound."""
+    name = "dl" + unique_name("x").split("-")[1]  # this run's endpoint, told apart in the queue
+    head = json.dumps({"channel": SHORT, "id": "deep", "data": {"seq": -1}})[:-2]
+    fake_bayeux.on("/meta/connect", poison_first(head + ', "x": ' + nested_json(300) + "}}"))
+    endpoint = {
+        "url": fake_bayeux.url,
+        "channels": [SHORT],
+        "connection_types": "long-polling",
+        "exchange": exchange_name,
+    }
+    async with running_supervisor(amqp_url, tmp_path, {name: endpoint}) as sup:
+        await eventually(lambda: name in sup.workers and sup.workers[name].up, 20, "endpoint up")
+        fake_bayeux.publish(SHORT, {"seq": 1})
+        await collector.wait_for(1, within=20)
+        await eventually(
+            lambda: (
+                sup.metrics.registry.get_sample_value(
+                    "cometd_bridge_dead_lettered_total", {"endpoint": name, "reason": "too_deep"}
+                )
+                == 1
+            ),
+            15,
+            "the dead letter confirmed (routed to the default queue)",
+        )
+    channel = await amqp_connection.channel()
+    queue = await channel.declare_queue("cometd.dead-letter", passive=True)
+    ours, others = [], []
+    while (message := await queue.get(no_ack=False, fail=False)) is not None:
+        if message.headers.get("cometd-endpoint") == name:
+            ours.append(message)
+            await message.ack()
+        else:
+            others.append(message)
+    for message in others:  # another run's dead letters stay where they were
+        await message.reject(requeue=True)
+    assert [m.headers["cometd-dead-letter-reason"] for m in ours] == ["too_deep"]
