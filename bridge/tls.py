@@ -36,22 +36,22 @@ def client_context(
             context.load_verify_locations(cafile=str(ca_file))
         except FileNotFoundError:
             raise TlsFileError(f"CA file {ca_file}: no such file") from None
+        except ssl.SSLError:  # an OSError too: caught first
+            raise TlsFileError(f"CA file {ca_file}: not a PEM certificate") from None
         except OSError as exc:
             raise TlsFileError(f"CA file {ca_file}: {exc.strerror or 'cannot read'}") from None
-        except ssl.SSLError:
-            raise TlsFileError(f"CA file {ca_file}: not a PEM certificate") from None
     if cert_file is not None:
         try:
             context.load_cert_chain(str(cert_file), str(key_file) if key_file else None)
         except FileNotFoundError:
             missing = cert_file if not Path(cert_file).exists() else key_file
             raise TlsFileError(f"{missing}: no such file") from None
+        except ssl.SSLError:  # an OSError too: caught first
+            raise TlsFileError(
+                f"certificate {cert_file}: not a PEM certificate with its private key"
+            ) from None
         except OSError as exc:
             raise TlsFileError(
                 f"certificate {cert_file}: {exc.strerror or 'cannot read'}"
-            ) from None
-        except ssl.SSLError:
-            raise TlsFileError(
-                f"certificate {cert_file}: not a PEM certificate with its private key"
             ) from None
     return context

@@ -14,6 +14,7 @@ import contextlib
 import itertools
 import json
 import secrets
+import ssl
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -90,6 +91,7 @@ class BayeuxServer:
         self.port = 0
         self._ids = itertools.count(1)
         self._runner: web.AppRunner | None = None
+        self._scheme = "http"
         self._sweeper: asyncio.Task[None] | None = None
         self._sockets: set[web.WebSocketResponse] = set()
         self.app = web.Application(client_max_size=max_request_bytes)
@@ -98,11 +100,15 @@ class BayeuxServer:
 
     # -- lifecycle -----------------------------------------------------------------------------
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        """Listen on ``host:port`` (0 = a free port, then readable as ``self.port``)."""
+    async def start(
+        self, host: str = "127.0.0.1", port: int = 0, *, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
+        """Listen on ``host:port`` (0 = a free port, then readable as ``self.port``); with
+        ``ssl_context``, over TLS (``https://``/``wss://``)."""
         runner = web.AppRunner(self.app, handle_signals=False, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, host, port)
+        site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
+        self._scheme = "http" if ssl_context is None else "https"
         try:
             await site.start()
         except BaseException:
@@ -138,7 +144,7 @@ class BayeuxServer:
     @property
     def url(self) -> str:
         host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
-        return f"http://{host}:{self.port}{self.path}"
+        return f"{self._scheme}://{host}:{self.port}{self.path}"
 
     # -- server-side API -----------------------------------------------------------------------
 
