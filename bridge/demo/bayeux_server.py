@@ -17,6 +17,7 @@ import secrets
 import ssl
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Self
 
@@ -92,6 +93,8 @@ class BayeuxServer:
         self._ids = itertools.count(1)
         self._runner: web.AppRunner | None = None
         self._scheme = "http"
+        # Set at every subscription (see wait_for_subscribers); cleared by its waiter.
+        self._subscribed = asyncio.Event()
         self._sweeper: asyncio.Task[None] | None = None
         self._sockets: set[web.WebSocketResponse] = set()
         self.app = web.Application(client_max_size=max_request_bytes)
@@ -162,6 +165,12 @@ class BayeuxServer:
                 session.wake.set()
                 delivered += 1
         return delivered
+
+    async def wait_for_subscribers(self, channels: Sequence[str]) -> None:
+        """Return once some session subscribes to each of ``channels`` (exactly these names)."""
+        while not all(any(c in s.subscriptions for s in self.sessions.values()) for c in channels):
+            self._subscribed.clear()
+            await self._subscribed.wait()
 
     def drop_sessions(self) -> int:
         """Forget every session, as expiry would; their next connect gets 402."""
@@ -412,6 +421,7 @@ class BayeuxServer:
                 return bp.error_reply(message, f"403:{channel}:subscribe_denied", subscription=echo)
         # /service/** subscriptions are acknowledged but not recorded (Bayeux).
         session.subscriptions.update(c for c in channels if not bp.is_service(c))
+        self._subscribed.set()
         return bp.reply_to(message, successful=True, subscription=echo)
 
     def _unsubscribe(self, message: Message, session: Session) -> Message:
