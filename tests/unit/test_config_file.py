@@ -193,3 +193,37 @@ def test_template_messages_have_single_braces() -> None:
     [(_, reason)] = problems(endpoint_json(routing_key="{nope}"))
     assert "known: {endpoint}, {channel}, {channel_path}" in reason
     assert "{{" not in reason
+
+
+# --------------------------------------------------------------------------- check-config
+
+
+def check_config(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bridge", "check-config"],
+        env={"PATH": "", **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_check_config_warns_on_replay_off_for_salesforce() -> None:
+    sf = "https://example.my.salesforce.com/cometd/62.0"
+    done = check_config(endpoint_json(url=sf))
+    assert done.returncode == 0, done.stderr
+    assert "warning: endpoint orders: replay is off on a Salesforce endpoint" in done.stderr
+    quiet = check_config(endpoint_json(url=sf, replay="stored"))
+    assert "replay is off" not in quiet.stderr
+    other = check_config(endpoint_json())
+    assert "replay is off" not in other.stderr
+
+
+def test_check_config_refuses_what_run_refuses_when_building_auth() -> None:
+    # An ext_path with an empty segment passes the field checks but the auth extension that
+    # run builds at start refuses it (run exits 2): check-config must too.
+    auth = {"kind": "bearer", "token": SECRET, "placement": "ext", "ext_path": "auth..token"}
+    done = check_config(endpoint_json(auth=auth))
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "orders.auth: ext_path must be a dotted path" in done.stderr
+    assert SECRET not in done.stdout + done.stderr
