@@ -24,6 +24,7 @@ from bridge.settings import (
     Settings,
     load_settings,
     redacted_dump,
+    suggest_variable,
     unknown_variables,
     value_sources,
 )
@@ -140,7 +141,9 @@ def _load(env: dict[str, str] | None = None) -> Settings:
 def _warn_unknown() -> None:
     for name in unknown_variables():
         structlog.get_logger("bridge").warning(
-            "unknown environment variable ignored (typo?)", variable=name
+            "unknown environment variable ignored (typo?)",
+            variable=name,
+            did_you_mean=suggest_variable(name),
         )
 
 
@@ -167,7 +170,9 @@ def cmd_check_config(connect: bool = False, timeout: float = 15.0) -> int:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG
     for name in unknown_variables():
-        print(f"warning: {name} matches no setting (typo?)", file=sys.stderr)
+        close = suggest_variable(name)
+        hint = f"did you mean {close}?" if close else "typo?"
+        print(f"warning: {name} matches no setting ({hint})", file=sys.stderr)
     for name, endpoint in settings.endpoints.items():
         if endpoint.replay == "off" and _looks_salesforce(endpoint):
             print(

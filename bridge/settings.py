@@ -71,6 +71,7 @@ __all__ = [
     "unknown_variables",
     "redacted_dump",
     "value_sources",
+    "suggest_variable",
     "CONFIG_FILE_VARIABLE",
     "ENV_PREFIX",
     "ROUTING_KEY_PLACEHOLDERS",
@@ -741,6 +742,14 @@ def unknown_variables(env: Mapping[str, str] | None = None) -> list[str]:
         for k in _env_keys(source)
         if k not in known and not k.startswith(f"{ENV_PREFIX}ENDPOINTS__")
     )
+
+
+def suggest_variable(name: str) -> str | None:
+    """The known top-level variable nearest to ``name`` (a likely typo), or None."""
+    known = [ENV_PREFIX + f.upper() for f in Settings.model_fields]
+    known += [ENV_PREFIX + "AMQP_URL_FILE", CONFIG_FILE_VARIABLE]
+    close = difflib.get_close_matches(name.upper(), known, n=1, cutoff=0.8)
+    return close[0] if close else None
 
 
 def _env_keys(env: Mapping[str, str]) -> set[str]:

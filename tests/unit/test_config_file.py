@@ -227,3 +227,11 @@ def test_check_config_refuses_what_run_refuses_when_building_auth() -> None:
     assert done.returncode == 2, done.stdout + done.stderr
     assert "orders.auth: ext_path must be a dotted path" in done.stderr
     assert SECRET not in done.stdout + done.stderr
+
+
+def test_a_misspelt_top_level_variable_gets_a_suggestion() -> None:
+    done = check_config(endpoint_json() | {"BRIDGE_LOG_LEVL": "debug"})
+    assert done.returncode == 0, done.stderr
+    assert "warning: BRIDGE_LOG_LEVL matches no setting (did you mean BRIDGE_LOG_LEVEL?)" in (
+        done.stderr
+    )
