@@ -215,9 +215,13 @@ async def _connect_checks(settings: Settings, step_limit: float) -> int:
 
     failed = 0
     print("connecting with these settings:", flush=True)
-    async for check in run_checks(settings, step_limit):
-        failed += check.status == "FAIL"
-        print(check.line(), flush=True)
+    try:
+        async for check in run_checks(settings, step_limit):
+            failed += check.status == "FAIL"
+            print(check.line(), flush=True)
+    except Exception as exc:  # a check that broke is a failed check, not a traceback
+        failed += 1
+        print(f"FAIL checks stopped: {type(exc).__name__}", flush=True)
     print("all checks passed" if not failed else f"{failed} check(s) failed", flush=True)
     return EXIT_FAILURE if failed else EXIT_OK
 

@@ -10,6 +10,7 @@ exchange with a passive declare, which changes nothing on the broker. Each check
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -92,12 +93,18 @@ async def _endpoint_checks(
     try:
         await asyncio.wait_for(client.open(), step_limit)
     except Exception as exc:
-        await client.close()
+        await _close(client, step_limit)
         yield Check("FAIL", f"endpoint {name} handshake", f"{mask_url(url)}: {_reason(exc)}")
         return
     kind = client.connection_type.value if client.connection_type is not None else "?"
-    await asyncio.wait_for(client.close(), step_limit)
+    await _close(client, step_limit)
     yield Check("ok", f"endpoint {name} handshake", f"{mask_url(url)} ({kind})")
+
+
+async def _close(client: Client, step_limit: float) -> None:
+    # /meta/disconnect is a courtesy: the server expires the session anyway.
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(client.close(), step_limit)
 
 
 def _expires_in(expires_at: float) -> str:
@@ -134,14 +141,18 @@ async def _amqp_checks(settings: Settings, step_limit: float) -> AsyncIterator[C
         for exchange in sorted(exchanges):
             yield await _exchange_check(connection, exchange, step_limit)
     finally:
-        await connection.close()
+        with contextlib.suppress(Exception):
+            await connection.close()
 
 
 async def _exchange_check(
     connection: aio_pika.abc.AbstractConnection, name: str, step_limit: float
 ) -> Check:
     # A failed passive declare closes its channel: one short-lived channel per exchange.
-    channel = await connection.channel(publisher_confirms=False)
+    try:
+        channel = await asyncio.wait_for(connection.channel(publisher_confirms=False), step_limit)
+    except Exception as exc:
+        return Check("FAIL", f"exchange {name}", f"cannot open a channel: {_reason(exc)}")
     try:
         await asyncio.wait_for(channel.get_exchange(name, ensure=True), step_limit)
     except aiormq.exceptions.ChannelNotFoundEntity:
@@ -156,5 +167,6 @@ async def _exchange_check(
         return Check("FAIL", f"exchange {name}", _reason(exc))
     finally:
         if not channel.is_closed:
-            await channel.close()
+            with contextlib.suppress(Exception):
+                await channel.close()
     return Check("ok", f"exchange {name}", "exists")

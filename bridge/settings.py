@@ -673,11 +673,16 @@ def load_settings(
         _ENV_OVERRIDE.reset(token)
 
 
-def value_sources(env: Mapping[str, str] | None = None) -> dict[str, str]:
+def value_sources(
+    env: Mapping[str, str] | None = None,
+    *,
+    secrets_dir: Path | None = DEFAULT_SECRETS_DIR,
+) -> dict[str, str]:
     """Where each effective value comes from, by dotted path (``endpoints.orders.exchange``):
-    ``env`` (with the variable's name), ``file`` (BRIDGE_CONFIG_FILE) or ``default``.
+    ``env`` (with the variable's name), ``file`` (BRIDGE_CONFIG_FILE), ``secret`` (a file in
+    ``secrets_dir``) or ``default``.
 
-    Call after :func:`load_settings` succeeded with the same ``env``.
+    Call after :func:`load_settings` succeeded with the same arguments.
     """
     source = os.environ if env is None else env
     path = _config_file_path(source)
@@ -687,7 +692,7 @@ def value_sources(env: Mapping[str, str] | None = None) -> dict[str, str]:
         env_data = _EnvSource(Settings)()
     finally:
         _ENV_OVERRIDE.reset(token)
-    settings = load_settings(source, secrets_dir=None)
+    settings = load_settings(source, secrets_dir=secrets_dir)
     result: dict[str, str] = {}
     for dotted in _leaf_paths(redacted_dump(settings)):
         parts = dotted.split(".")
@@ -695,6 +700,8 @@ def value_sources(env: Mapping[str, str] | None = None) -> dict[str, str]:
             result[dotted] = f"env ({_env_name(parts, source)})"
         elif _has_path(file_data, parts):
             result[dotted] = f"file ({path})"
+        elif secrets_dir is not None and (secrets_dir / f"bridge_{parts[0]}").is_file():
+            result[dotted] = f"secret ({secrets_dir / f'bridge_{parts[0]}'})"
         else:
             result[dotted] = "default"
     return result

@@ -87,7 +87,7 @@ def test_value_sources_say_env_file_or_default(config_file: Path) -> None:
         "BRIDGE_CONFIG_FILE": str(config_file),
         "BRIDGE_ENDPOINTS__ORDERS__EXCHANGE": "from-env",
     }
-    sources = value_sources(env)
+    sources = value_sources(env, secrets_dir=None)
     assert sources["endpoints.orders.exchange"] == "env (BRIDGE_ENDPOINTS__ORDERS__EXCHANGE)"
     assert sources["endpoints.orders.url"] == f"file ({config_file})"
     assert sources["amqp_url"] == f"file ({config_file})"
@@ -235,3 +235,12 @@ def test_a_misspelt_top_level_variable_gets_a_suggestion() -> None:
     assert "warning: BRIDGE_LOG_LEVL matches no setting (did you mean BRIDGE_LOG_LEVEL?)" in (
         done.stderr
     )
+
+
+def test_a_value_from_the_secrets_directory_is_not_called_a_default(tmp_path: Path) -> None:
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "bridge_amqp_url").write_text(f"amqp://u:{SECRET}@rabbit:5672/", encoding="utf-8")
+    sources = value_sources(endpoint_json(), secrets_dir=secrets)
+    assert sources["amqp_url"] == f"secret ({secrets / 'bridge_amqp_url'})"
+    assert sources["http_port"] == "default"
