@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import sys
+import textwrap
 from collections.abc import Sequence
 
 import structlog
@@ -74,7 +75,8 @@ def _sub(
     return sub.add_parser(
         name,
         help=help,
-        description=help[:1].upper() + help[1:] + ".",
+        # Raw formatting keeps the example's line breaks, so the description is wrapped here.
+        description=textwrap.fill(help[:1].upper() + help[1:] + ".", 79),
         epilog=f"example:\n  {example}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
