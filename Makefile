@@ -61,8 +61,9 @@ pytest: venv node-deps rabbitmq test-extras browser
 ## test: everything CI checks
 test: venv node-deps rabbitmq lint typecheck lint-deploy pytest
 
-## demo: an embedded demo CometD source streaming into the local RabbitMQ
-demo: venv rabbitmq
+## demo: an embedded demo CometD source streaming into the local RabbitMQ (or BRIDGE_AMQP_URL's)
+demo: venv
+	bash scripts/ensure-rabbitmq.sh --unless-amqp-url
 	$(BIN)/cometd-bridge demo
 
 ## bench-node-deps: the Node reference bridge (cometd, cometd-nodejs-client, amqplib)

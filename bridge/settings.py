@@ -7,6 +7,10 @@ secret is a ``SecretStr`` and can also be given as ``<FIELD>_FILE`` (a path whos
 content is the secret), e.g. ``BRIDGE_AMQP_URL_FILE`` or
 ``BRIDGE_ENDPOINTS__SF__AUTH__CLIENT_SECRET_FILE``.
 
+``BRIDGE_CONFIG_FILE`` names a YAML file with the same fields (``endpoints`` a mapping of
+name -> endpoint, secrets inline or as ``<field>_file``); environment variables override it,
+field by field. :func:`value_sources` says where each effective value came from.
+
 Use :func:`load_settings`; it raises :class:`ConfigError` whose ``problems`` name the
 environment variable and the reason for each mistake, never the value (it may be a secret).
 :func:`redacted_dump` renders the effective configuration with secrets hidden.
@@ -14,6 +18,7 @@ environment variable and the reason for each mistake, never the value (it may be
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
@@ -46,6 +51,7 @@ from pydantic_settings import (
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     SettingsError,
+    YamlConfigSettingsSource,
 )
 
 from bridge.logging import redact_text
@@ -64,11 +70,15 @@ __all__ = [
     "load_settings",
     "unknown_variables",
     "redacted_dump",
+    "value_sources",
+    "suggest_variable",
+    "CONFIG_FILE_VARIABLE",
     "ENV_PREFIX",
     "ROUTING_KEY_PLACEHOLDERS",
 ]
 
 ENV_PREFIX = "BRIDGE_"
+CONFIG_FILE_VARIABLE = "BRIDGE_CONFIG_FILE"
 DEFAULT_SECRETS_DIR = Path("/run/secrets")
 ROUTING_KEY_PLACEHOLDERS = frozenset({"endpoint", "channel", "channel_path"})
 
@@ -114,8 +124,12 @@ def _check_routing_key(value: str) -> str:
     if unknown:
         raise PydanticCustomError(
             "template",
-            "unknown placeholder(s) {unknown}; known: {{endpoint}}, {{channel}}, {{channel_path}}",
-            {"unknown": ", ".join("{" + u + "}" for u in unknown)},
+            # Braces only through the context: pydantic substitutes, it does not str.format.
+            "unknown placeholder(s) {unknown}; known: {known}",
+            {
+                "unknown": ", ".join("{" + u + "}" for u in unknown),
+                "known": ", ".join("{" + k + "}" for k in ("endpoint", "channel", "channel_path")),
+            },
         )
     if any(spec or conv for spec, conv in specs):
         raise PydanticCustomError("template", "format specs and conversions are not supported")
@@ -380,6 +394,8 @@ class Endpoint(_Model):
     ack: Literal["auto", "on", "off"] = "auto"
     auth: AuthSettings = NoAuth()
     api_version: str = "62.0"
+    ca_file: Annotated[Path | None, BeforeValidator(_null)] = None
+    """PEM CA bundle the CometD server's certificate is verified against (besides the system's)."""
 
     @field_validator("connection_types")
     @classmethod
@@ -439,6 +455,12 @@ class Endpoint(_Model):
         return self
 
     @model_validator(mode="after")
+    def _ca_file_usable(self) -> Endpoint:
+        if self.ca_file is not None:
+            _check_tls_files("ca_file", ca_file=self.ca_file)
+        return self
+
+    @model_validator(mode="after")
     def _url_or_derivable(self) -> Endpoint:
         if self.url is None and not self.auth.derives_url:
             raise PydanticCustomError(
@@ -469,8 +491,73 @@ def _check_amqp_url(value: SecretStr) -> SecretStr:
 
 AmqpUrl = Annotated[SecretStr, AfterValidator(_check_amqp_url)]
 
+
+def _check_tls_files(
+    field: str,
+    ca_file: Path | None = None,
+    cert_file: Path | None = None,
+    key_file: Path | None = None,
+) -> None:
+    # Built here once so a missing or unparsable file is a configuration error at load.
+    from bridge.tls import TlsFileError, client_context
+
+    try:
+        client_context(ca_file, cert_file, key_file)
+    except TlsFileError as exc:
+        raise PydanticCustomError(
+            "tls_file", "{reason}", {"reason": str(exc), "field": field}
+        ) from None
+
+
 # Set by load_settings() so the env source reads a given mapping instead of os.environ.
 _ENV_OVERRIDE: ContextVar[Mapping[str, str] | None] = ContextVar("_ENV_OVERRIDE", default=None)
+# Set by load_settings() to BRIDGE_CONFIG_FILE's path (None: no configuration file).
+_CONFIG_FILE: ContextVar[Path | None] = ContextVar("_CONFIG_FILE", default=None)
+
+
+class ConfigFileError(Exception):
+    """BRIDGE_CONFIG_FILE cannot be read or is not a YAML mapping (the reason, never content)."""
+
+
+class _YamlFileSource(YamlConfigSettingsSource):
+    """The configuration file, below the environment: a missing or malformed file is an error
+    (pydantic-settings skips a missing one silently), reported without any of its content."""
+
+    def _read_file(self, file_path: Any) -> dict[str, Any]:
+        import yaml  # type: ignore[import-untyped]
+
+        try:
+            with file_path.open(encoding="utf-8") as stream:
+                data = yaml.safe_load(stream)
+        except OSError as exc:
+            raise ConfigFileError(f"cannot read {file_path}: {exc.strerror or 'error'}") from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
+            problem = getattr(exc, "problem", None) or "syntax error"
+            raise ConfigFileError(f"invalid YAML in {file_path}: {problem}{where}") from None
+        if data is None:
+            return {}
+        if not isinstance(data, dict):
+            raise ConfigFileError(
+                f"{file_path} must be a YAML mapping of settings (amqp_url:, endpoints:, ...)"
+            )
+        return data
+
+
+def _config_file_path(env: Mapping[str, str]) -> Path | None:
+    for key, value in env.items():
+        if key.upper() == CONFIG_FILE_VARIABLE and value.strip():
+            return Path(value.strip()).expanduser()
+    return None
+
+
+def _read_config_file(path: Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    if not path.is_file():
+        raise ConfigFileError(f"{path}: no such file")
+    return _YamlFileSource(Settings, yaml_file=path).yaml_data
 
 
 class _EnvSource(EnvSettingsSource):
@@ -518,6 +605,10 @@ class Settings(BaseSettings):
     position_flush_interval: PositiveFloat = 1.0
     position_flush_every: PositiveInt = 1000
     control_exchange: str = "cometd.control"
+    # TLS to RabbitMQ (amqps://): a private CA and a client certificate.
+    amqp_ca_file: Annotated[Path | None, BeforeValidator(_null)] = None
+    amqp_cert_file: Annotated[Path | None, BeforeValidator(_null)] = None
+    amqp_key_file: Annotated[Path | None, BeforeValidator(_null)] = None
 
     @model_validator(mode="before")
     @classmethod
@@ -539,6 +630,13 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _amqp_tls_files_usable(self) -> Settings:
+        if self.amqp_ca_file or self.amqp_cert_file or self.amqp_key_file:
+            field = "amqp_cert_file" if self.amqp_key_file else "amqp_ca_file"
+            _check_tls_files(field, self.amqp_ca_file, self.amqp_cert_file, self.amqp_key_file)
+        return self
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -548,8 +646,13 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """Init kwargs, then the environment (or load_settings' mapping), then secret files."""
-        return (init_settings, _EnvSource(settings_cls), file_secret_settings)
+        """Init kwargs, then the environment (or load_settings' mapping), then
+        BRIDGE_CONFIG_FILE (merged field by field below the environment), then secret files."""
+        path = _CONFIG_FILE.get()
+        if path is None:
+            return (init_settings, _EnvSource(settings_cls), file_secret_settings)
+        yaml_source = _YamlFileSource(settings_cls, yaml_file=path)
+        return (init_settings, _EnvSource(settings_cls), yaml_source, file_secret_settings)
 
 
 # --------------------------------------------------------------------------- loading
@@ -578,18 +681,88 @@ def load_settings(
     top-level variables, e.g. ``bridge_amqp_url``. Raises :class:`ConfigError`.
     """
     source = os.environ if env is None else env
+    path = _config_file_path(source)
+    try:
+        file_data = _read_config_file(path)
+    except ConfigFileError as exc:
+        raise ConfigError([(CONFIG_FILE_VARIABLE, str(exc))]) from None
     token = _ENV_OVERRIDE.set(source)
+    file_token = _CONFIG_FILE.set(path)
     try:
         kwargs: dict[str, Any] = {}
         if secrets_dir is not None and secrets_dir.is_dir():
             kwargs["_secrets_dir"] = secrets_dir
         return Settings(**kwargs)
     except ValidationError as exc:
-        raise ConfigError(_problems_from_validation(exc, source)) from None
+        raise ConfigError(_problems_from_validation(exc, source, file_data, path)) from None
     except SettingsError:
         raise ConfigError(_problems_from_json(source)) from None
     finally:
+        _CONFIG_FILE.reset(file_token)
         _ENV_OVERRIDE.reset(token)
+
+
+def value_sources(
+    env: Mapping[str, str] | None = None,
+    *,
+    secrets_dir: Path | None = DEFAULT_SECRETS_DIR,
+) -> dict[str, str]:
+    """Where each effective value comes from, by dotted path (``endpoints.orders.exchange``):
+    ``env`` (with the variable's name), ``file`` (BRIDGE_CONFIG_FILE), ``secret`` (a file in
+    ``secrets_dir``) or ``default``.
+
+    Call after :func:`load_settings` succeeded with the same arguments.
+    """
+    source = os.environ if env is None else env
+    path = _config_file_path(source)
+    file_data = _read_config_file(path)
+    token = _ENV_OVERRIDE.set(source)
+    try:
+        env_data = _EnvSource(Settings)()
+    finally:
+        _ENV_OVERRIDE.reset(token)
+    settings = load_settings(source, secrets_dir=secrets_dir)
+    result: dict[str, str] = {}
+    for dotted in _leaf_paths(redacted_dump(settings)):
+        parts = dotted.split(".")
+        if _has_path(env_data, parts):
+            result[dotted] = f"env ({_env_name(parts, source)})"
+        elif _has_path(file_data, parts):
+            result[dotted] = f"file ({path})"
+        elif secrets_dir is not None and (secrets_dir / f"bridge_{parts[0]}").is_file():
+            result[dotted] = f"secret ({secrets_dir / f'bridge_{parts[0]}'})"
+        else:
+            result[dotted] = "default"
+    return result
+
+
+def _leaf_paths(value: Any, prefix: str = "") -> list[str]:
+    if isinstance(value, dict) and value and not prefix.endswith("headers"):
+        return [p for k, v in value.items() for p in _leaf_paths(v, f"{prefix}{k}.")]
+    return [prefix.rstrip(".")]
+
+
+def _has_path(data: Any, parts: list[str]) -> bool:
+    # A secret given as <field>_file counts as the field; a whole JSON/YAML value counts for
+    # everything inside it.
+    for i, part in enumerate(parts):
+        if not isinstance(data, dict):
+            return False
+        if part in data:
+            data = data[part]
+        else:
+            return i == len(parts) - 1 and f"{part}_file" in data
+    return True
+
+
+def _env_name(parts: list[str], env: Mapping[str, str]) -> str:
+    present = _env_keys(env)
+    for cut in range(len(parts), 0, -1):
+        for suffix in ("", "_FILE"):
+            var = ENV_PREFIX + "__".join(p.upper() for p in parts[:cut]) + suffix
+            if var in present:
+                return var
+    return ENV_PREFIX + "__".join(p.upper() for p in parts)
 
 
 def unknown_variables(env: Mapping[str, str] | None = None) -> list[str]:
@@ -599,7 +772,7 @@ def unknown_variables(env: Mapping[str, str] | None = None) -> list[str]:
     """
     source = os.environ if env is None else env
     known = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
-    known |= {ENV_PREFIX + "AMQP_URL_FILE"}
+    known |= {ENV_PREFIX + "AMQP_URL_FILE", CONFIG_FILE_VARIABLE}
     return sorted(
         k
         for k in _env_keys(source)
@@ -607,17 +780,29 @@ def unknown_variables(env: Mapping[str, str] | None = None) -> list[str]:
     )
 
 
+def suggest_variable(name: str) -> str | None:
+    """The known top-level variable nearest to ``name`` (a likely typo), or None."""
+    known = [ENV_PREFIX + f.upper() for f in Settings.model_fields]
+    known += [ENV_PREFIX + "AMQP_URL_FILE", CONFIG_FILE_VARIABLE]
+    close = difflib.get_close_matches(name.upper(), known, n=1, cutoff=0.8)
+    return close[0] if close else None
+
+
 def _env_keys(env: Mapping[str, str]) -> set[str]:
     return {k.upper() for k in env if k.upper().startswith(ENV_PREFIX)}
 
 
 def _problems_from_validation(
-    exc: ValidationError, env: Mapping[str, str]
+    exc: ValidationError,
+    env: Mapping[str, str],
+    file_data: Mapping[str, Any] | None = None,
+    file_path: Path | None = None,
 ) -> list[tuple[str, str]]:
     present = _env_keys(env)
     problems: list[tuple[str, str]] = []
     for err in exc.errors(include_input=False, include_url=False):
         loc = [str(part) for part in err["loc"]]
+        known_fields = _fields_at(loc)
         ctx = err.get("ctx") or {}
         # Our model-level checks say which field they are about.
         if "field" in ctx and ctx["field"] not in loc:
@@ -631,17 +816,67 @@ def _problems_from_validation(
             if i + 1 < len(loc) and loc[i + 1] in _AUTH_KINDS:
                 del loc[i + 1]
         if key_error:
-            reason = "endpoint names must match ^[a-z][a-z0-9_-]*$ (env names are lower-cased)"
+            name = loc[-1] if len(loc) > 1 else ""
+            reason = (
+                f"endpoint name {name!r} is not valid: names must match ^[a-z][a-z0-9_-]*$ "
+                "(a BRIDGE_ENDPOINTS__<NAME>__... variable configures the lower-cased name)"
+            )
         elif loc == ["endpoints"] and err["type"] == "dict_type":
             reason = 'must be a JSON object: {"name": {"url": ..., "channels": [...]}}'
         elif err["type"] == "extra_forbidden":
             reason = "unknown setting"
+            close = difflib.get_close_matches(loc[-1].lower(), known_fields, n=1, cutoff=0.6)
+            if close:
+                reason += f"; did you mean `{close[0]}`?"
         # List indexes: name the list variable, say which item.
         while loc and loc[-1].isdigit():
             reason = f"item {loc.pop()}: {reason}"
         missing = err["type"] in _MISSING_TYPES
-        problems.append(_name_variable(loc, reason, present, key_error=key_error, missing=missing))
+        # Environment names are case-insensitive and configure the lower-cased endpoint, so no
+        # variable reaches an endpoint named with capitals; and a key that names no field has
+        # no one-field variable worth suggesting.
+        addressable = key_error or (
+            not (len(loc) > 1 and loc[0] == "endpoints" and loc[1] != loc[1].lower())
+            and err["type"] != "extra_forbidden"
+        )
+        named = _name_variable(
+            loc, reason, present, key_error=key_error, missing=missing, suggest=addressable
+        )
+        if (
+            file_path is not None
+            and named[0] not in present
+            and not key_error
+            and _has_path(file_data or {}, loc[:1])
+        ):
+            # Not from the environment: name the file and the path inside it.
+            named = (CONFIG_FILE_VARIABLE, f"{file_path}: {'.'.join(loc)}: {reason}")
+        elif key_error and file_path is not None and named[0] not in present:
+            named = (CONFIG_FILE_VARIABLE, f"{file_path}: {'.'.join(loc[:-1])}: {reason}")
+        problems.append(named)
     return problems
+
+
+def _fields_at(loc: list[str]) -> list[str]:
+    """Field names of the model that holds ``loc``'s last element (for "did you mean")."""
+    if len(loc) <= 1:
+        return list(Settings.model_fields)
+    if loc[0] != "endpoints":
+        return []
+    if len(loc) == 3:
+        return list(Endpoint.model_fields)
+    if len(loc) >= 4 and loc[2] == "auth":
+        kinds: dict[str, type[BaseModel]] = {
+            "none": NoAuth,
+            "bearer": BearerAuth,
+            "oauth2_client_credentials": OAuth2ClientCredentialsAuth,
+            "oauth2_refresh_token": OAuth2RefreshTokenAuth,
+            "salesforce_jwt": SalesforceJwtAuth,
+        }
+        model = kinds.get(loc[3]) if len(loc) == 5 else None
+        if model is not None:
+            return list(model.model_fields)
+        return sorted({f for m in kinds.values() for f in m.model_fields})
+    return []
 
 
 _MISSING_TYPES = frozenset({"missing", "missing_secret", "missing_url"})
@@ -654,6 +889,7 @@ def _name_variable(
     *,
     key_error: bool = False,
     missing: bool = False,
+    suggest: bool = True,
 ) -> tuple[str, str]:
     full = ENV_PREFIX + "__".join(part.upper() for part in loc)
     # Name the most specific variable that was actually set; a value inside a JSON object is
@@ -664,10 +900,15 @@ def _name_variable(
             if cut == len(loc) or key_error:
                 return var, reason
             inner = ".".join(loc[cut:])
+            if not suggest:
+                return var, f"{inner}: {reason}"
             if missing:
                 # Nothing was given, so name the one-field variable first.
                 return full, f"{reason} (or set {inner} in {var})"
             return var, f"{inner}: {reason} (or set {full})"
+    if not suggest and len(loc) > 1 and loc[0] == "endpoints":
+        # No variable spells this endpoint; name the JSON variable and the path inside it.
+        return ENV_PREFIX + "ENDPOINTS", f"{'.'.join(loc[1:])}: {reason}"
     return full, reason
 
 

@@ -52,6 +52,7 @@ from bridge.positions import PositionKeeper, PositionStore
 from bridge.positions.lock import StateDirLock, StateDirLocked
 from bridge.rate_history import RateHistory
 from bridge.settings import Settings, mask_url
+from bridge.tls import client_context
 
 
 __all__ = ["StartupRefused", "Supervisor"]
@@ -81,6 +82,9 @@ class Supervisor:
             publish_timeout=settings.publish_timeout,
             on_state=self._on_amqp_state,
             sink_class=choose_publisher_class(preference=settings.amqp_publisher),
+            ssl_context=client_context(
+                settings.amqp_ca_file, settings.amqp_cert_file, settings.amqp_key_file
+            ),
         )
         self._credentials = CredentialRegistry(
             hooks=PrometheusAuthHooks(

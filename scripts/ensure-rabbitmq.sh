@@ -3,6 +3,13 @@
 set -euo pipefail
 host=127.0.0.1 port=5672
 
+# --unless-amqp-url (make demo): a BRIDGE_AMQP_URL names the broker to use, maybe another host;
+# the local one is then none of our business.
+if [[ "${1:-}" == "--unless-amqp-url" && -n "${BRIDGE_AMQP_URL:-}" ]]; then
+    echo "rabbitmq: BRIDGE_AMQP_URL is set; not checking for a local broker"
+    exit 0
+fi
+
 answers() { (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null; }
 
 if answers; then

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import Callable
 from typing import Any
 
@@ -40,10 +41,13 @@ class AmqpConnection:
         publish_timeout: float = 10.0,
         on_state: StateCallback | None = None,
         sink_class: type[EndpointSink] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         """``sink_class``: the per-endpoint sink implementation (see ``sink_factory``; the fast
-        one by default)."""
+        one by default). ``ssl_context``: for ``amqps://`` (a private CA, a client certificate;
+        see ``bridge.tls``), None for the library's default."""
         self._url = url
+        self._ssl_context = ssl_context
         self._sink_class = sink_class
         self._connection_name = connection_name
         self._publish_timeout = publish_timeout
@@ -57,7 +61,9 @@ class AmqpConnection:
     async def start(self) -> None:
         """Connect; raises the connection error if the broker is unreachable at start."""
         conn = await aio_pika.connect_robust(
-            self._url, client_properties={"connection_name": self._connection_name}
+            self._url,
+            client_properties={"connection_name": self._connection_name},
+            ssl_context=self._ssl_context,
         )
         conn.close_callbacks.add(self._on_close)
         conn.reconnect_callbacks.add(self._on_reconnect)

@@ -14,8 +14,10 @@ import contextlib
 import itertools
 import json
 import secrets
+import ssl
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Self
 
@@ -90,6 +92,9 @@ class BayeuxServer:
         self.port = 0
         self._ids = itertools.count(1)
         self._runner: web.AppRunner | None = None
+        self._scheme = "http"
+        # Set at every subscription (see wait_for_subscribers); cleared by its waiter.
+        self._subscribed = asyncio.Event()
         self._sweeper: asyncio.Task[None] | None = None
         self._sockets: set[web.WebSocketResponse] = set()
         self.app = web.Application(client_max_size=max_request_bytes)
@@ -98,11 +103,15 @@ class BayeuxServer:
 
     # -- lifecycle -----------------------------------------------------------------------------
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        """Listen on ``host:port`` (0 = a free port, then readable as ``self.port``)."""
+    async def start(
+        self, host: str = "127.0.0.1", port: int = 0, *, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
+        """Listen on ``host:port`` (0 = a free port, then readable as ``self.port``); with
+        ``ssl_context``, over TLS (``https://``/``wss://``)."""
         runner = web.AppRunner(self.app, handle_signals=False, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, host, port)
+        site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
+        self._scheme = "http" if ssl_context is None else "https"
         try:
             await site.start()
         except BaseException:
@@ -138,7 +147,7 @@ class BayeuxServer:
     @property
     def url(self) -> str:
         host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
-        return f"http://{host}:{self.port}{self.path}"
+        return f"{self._scheme}://{host}:{self.port}{self.path}"
 
     # -- server-side API -----------------------------------------------------------------------
 
@@ -156,6 +165,12 @@ class BayeuxServer:
                 session.wake.set()
                 delivered += 1
         return delivered
+
+    async def wait_for_subscribers(self, channels: Sequence[str]) -> None:
+        """Return once some session subscribes to each of ``channels`` (exactly these names)."""
+        while not all(any(c in s.subscriptions for s in self.sessions.values()) for c in channels):
+            self._subscribed.clear()
+            await self._subscribed.wait()
 
     def drop_sessions(self) -> int:
         """Forget every session, as expiry would; their next connect gets 402."""
@@ -406,6 +421,7 @@ class BayeuxServer:
                 return bp.error_reply(message, f"403:{channel}:subscribe_denied", subscription=echo)
         # /service/** subscriptions are acknowledged but not recorded (Bayeux).
         session.subscriptions.update(c for c in channels if not bp.is_service(c))
+        self._subscribed.set()
         return bp.reply_to(message, successful=True, subscription=echo)
 
     def _unsubscribe(self, message: Message, session: Session) -> Message:

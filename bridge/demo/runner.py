@@ -50,7 +50,7 @@ async def _demo(rate: float, count: int, http_port: int) -> int:
     from bridge.supervisor import Supervisor
 
     amqp_url = os.environ.get("BRIDGE_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
-    async with DemoSource("127.0.0.1", 0, rate=rate) as source:
+    async with DemoSource("127.0.0.1", 0, rate=rate, wait_for_subscribers=True) as source:
         port = _port_or_free(http_port)
         endpoint = {
             "url": source.url,
@@ -66,6 +66,17 @@ async def _demo(rate: float, count: int, http_port: int) -> int:
                 "BRIDGE_SHUTDOWN_TIMEOUT": "5",
             }
         )
+        # The demo queue is bound before the bridge starts: the first event (replayId 1001) is
+        # routed to it instead of being dropped as unroutable.
+        connection = await aio_pika.connect_robust(amqp_url)
+        try:
+            channel = await connection.channel()
+            exchange = await channel.declare_exchange(DEMO_EXCHANGE, "topic", durable=True)
+            queue = await channel.declare_queue(DEMO_QUEUE, auto_delete=True)
+            await queue.bind(exchange, "#")
+        except BaseException:
+            await connection.close()
+            raise
         supervisor = Supervisor(settings)
         bridge = asyncio.create_task(supervisor.run(), name="bridge")
 
@@ -78,12 +89,7 @@ async def _demo(rate: float, count: int, http_port: int) -> int:
 
         received = 0
         done = asyncio.Event()
-        connection = await aio_pika.connect_robust(amqp_url)
         try:
-            channel = await connection.channel()
-            exchange = await channel.declare_exchange(DEMO_EXCHANGE, "topic", durable=True)
-            queue = await channel.declare_queue(DEMO_QUEUE, auto_delete=True)
-            await queue.bind(exchange, "#")
 
             async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
                 nonlocal received

@@ -35,7 +35,10 @@ class DemoSource:
         path: str = "/cometd",
         timeout_ms: int = 25_000,
         max_interval_ms: int = 10_000,
+        wait_for_subscribers: bool = False,
     ) -> None:
+        """``wait_for_subscribers``: start publishing once a client subscribed to every channel
+        (the demo: its first event reaches the bridge instead of nobody)."""
         if rate < 0:
             raise ValueError("rate must be >= 0 (0 = publish only on emit())")
         self.host = host
@@ -51,6 +54,7 @@ class DemoSource:
         )
         self.published: dict[str, int] = dict.fromkeys(self.channels, 0)
         self._rng = random.Random(seed)
+        self._wait_for_subscribers = wait_for_subscribers
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -93,9 +97,14 @@ class DemoSource:
         # Paced on absolute deadlines so the rate holds even when a tick runs late.
         loop = asyncio.get_running_loop()
         period = 1.0 / self.rate
+        first: str | None = None
+        if self._wait_for_subscribers:
+            await self.server.wait_for_subscribers(self.channels)
+            first = self.channels[0]  # a predictable first event: the demo's first line
         next_at = loop.time()
         while True:
-            self.emit()
+            self.emit(first)
+            first = None
             next_at += period
             delay = next_at - loop.time()
             if delay < -1.0:

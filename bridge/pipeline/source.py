@@ -18,10 +18,12 @@ from bridge.cometd import Client, ConnectionType
 from bridge.cometd.events import Listener
 from bridge.cometd.ext import AckExtension, AckTag, ReplayExtension
 from bridge.cometd.extensions import AuthExtension, Extension
+from bridge.tls import client_context
 
 
 if TYPE_CHECKING:
     from bridge.settings import Endpoint
+
 
 __all__ = ["ClientFactory", "CometdSource", "Source"]
 
@@ -119,6 +121,8 @@ class CometdSource:
         self._listener = listener
         self._client_factory = client_factory
         self._client: Client | None = None
+        # The endpoint's private CA (ca_file) for both transports; None: the system's CAs.
+        self._ssl = client_context(config.ca_file)
 
     async def open(self, url: str) -> None:
         config = self._config
@@ -131,6 +135,7 @@ class CometdSource:
             extensions=self._extensions,
             auth=self._auth,
             headers=dict(config.headers),
+            ssl=self._ssl,
             listener=self._listener,
             json_loads=_JSON_LOADS,
         )

@@ -21,6 +21,8 @@ import time
 from collections.abc import Mapping
 from typing import IO, Any
 
+from pydantic import TypeAdapter, ValidationError
+
 from bridge.positions import (
     CorruptPositionFile,
     PositionStore,
@@ -28,6 +30,7 @@ from bridge.positions import (
     StoredPosition,
 )
 from bridge.positions.lock import StateDirLock, StateDirLocked, held_by
+from bridge.settings import Channel
 
 
 __all__ = ["add_subparser", "run", "show", "set_position", "clear_position"]
@@ -42,25 +45,57 @@ def add_subparser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser
         help="show or reset stored replay positions",
         description="Stored replay positions (per endpoint and channel) under BRIDGE_STATE_DIR. "
         "Change them only while the bridge is stopped.",
+        epilog="examples:\n  cometd-bridge positions show\n"
+        "  cometd-bridge positions set orders /event/Order__e 1234\n"
+        "  cometd-bridge positions clear orders /event/Order__e",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--state-dir", help=f"state directory (default: $BRIDGE_STATE_DIR or {DEFAULT_STATE_DIR})"
     )
     actions = parser.add_subparsers(dest="positions_command", required=True)
-    show_parser = actions.add_parser("show", help="print every stored position and its age")
+    show_parser = actions.add_parser(
+        "show",
+        help="print every stored position and its age",
+        epilog="example:\n  cometd-bridge positions show orders --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     show_parser.add_argument("endpoint", nargs="?", help="only this endpoint")
     show_parser.add_argument("--json", action="store_true", help="machine-readable output")
     set_parser = actions.add_parser(
-        "set", help="store a position: ID resumes after event ID; -1 new only; -2 all retained"
+        "set",
+        help="store a position: ID resumes after event ID; -1 new only; -2 all retained",
+        epilog="example (the bridge stopped):\n"
+        "  cometd-bridge positions set orders /event/Order__e 1234",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     set_parser.add_argument("endpoint")
-    set_parser.add_argument("channel")
+    set_parser.add_argument("channel", type=_channel, help="a concrete channel: /event/Order__e")
     set_parser.add_argument("replay_id", type=_replay_id, metavar="ID")
     clear_parser = actions.add_parser(
-        "clear", help="forget a channel's position (the endpoint's replay setting applies)"
+        "clear",
+        help="forget a channel's position (the endpoint's replay setting applies)",
+        epilog="example (the bridge stopped):\n"
+        "  cometd-bridge positions clear orders /event/Order__e",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     clear_parser.add_argument("endpoint")
-    clear_parser.add_argument("channel")
+    clear_parser.add_argument("channel", type=_channel, help="a concrete channel: /event/Order__e")
+
+
+def _channel(text: str) -> str:
+    # Positions are kept per concrete channel exactly as the endpoint subscribes to it: a name
+    # without its leading slash (or with a wildcard) would be stored and never read.
+    try:
+        TypeAdapter(Channel).validate_python(text)
+    except ValidationError as exc:
+        reason = exc.errors(include_input=False, include_url=False)[0]["msg"]
+        raise argparse.ArgumentTypeError(f"{text!r}: {reason}") from None
+    if text.endswith(("/*", "/**")):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: positions are per concrete channel, not a wildcard"
+        )
+    return text
 
 
 def _replay_id(text: str) -> int:

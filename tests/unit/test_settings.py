@@ -322,7 +322,7 @@ def test_upper_case_endpoint_name_in_json() -> None:
 def test_unknown_endpoint_field() -> None:
     var, reason = only_problem(endpoints() | {"BRIDGE_ENDPOINTS__ORDERS__MAX_PENDING": "5"})
     assert var == "BRIDGE_ENDPOINTS__ORDERS__MAX_PENDING"
-    assert reason == "unknown setting"
+    assert reason.startswith("unknown setting")
 
 
 def test_unknown_auth_kind() -> None:

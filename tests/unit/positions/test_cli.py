@@ -141,3 +141,22 @@ def test_bad_replay_id_is_a_usage_error(state: PositionStore, value: str) -> Non
 def test_bad_endpoint_name(state: PositionStore, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["positions", "set", "../x", "/a", "1"]) == 1
     assert "invalid endpoint name" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("channel", "reason"),
+    [
+        ("event/X", "not a Bayeux channel"),
+        ("/event/*", "not a wildcard"),
+        ("/meta/connect", "/meta channels"),
+    ],
+)
+def test_set_and_clear_refuse_what_is_not_a_concrete_channel(
+    state: PositionStore, capsys: pytest.CaptureFixture[str], channel: str, reason: str
+) -> None:
+    for command in (["set", "orders", channel, "5"], ["clear", "orders", channel]):
+        with pytest.raises(SystemExit) as info:
+            main(["positions", *command])
+        assert info.value.code == 2  # argparse's usage error
+        assert reason in capsys.readouterr().err
+    assert state.load("orders") == {}
