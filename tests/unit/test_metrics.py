@@ -19,6 +19,8 @@ CONTRACT: dict[str, tuple[str, set[str]]] = {
     "cometd_bridge_build_info": ("info", {"version", "python"}),
     "cometd_bridge_amqp_connected": ("gauge", set()),
     "cometd_bridge_endpoint_up": ("gauge", {"endpoint"}),
+    "cometd_bridge_endpoint_active": ("gauge", {"endpoint"}),
+    "cometd_bridge_lease_changes_total": ("counter", {"endpoint", "reason"}),
     "cometd_bridge_pending_messages": ("gauge", {"endpoint"}),
     "cometd_bridge_pending_capacity_messages": ("gauge", {"endpoint"}),
     "cometd_bridge_inflight_messages": ("gauge", {"endpoint"}),
@@ -72,6 +74,8 @@ def exercise(m: Metrics) -> None:
     hooks.token_refreshed("orders", "success")
     hooks.token_expiry("orders", 1700003600.0)
     m.amqp_connected.set(1)
+    m.endpoint_active.labels("orders").set(1)
+    m.lease_changes.labels("orders", "acquired").inc()
     m.set_position_source(lambda: [("orders", "/event/Order__e", 1700000000.0)])
 
 
