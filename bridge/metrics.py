@@ -304,6 +304,21 @@ class Metrics:
             namespace=ns,
             registry=r,
         )
+        # BRIDGE_COORDINATION=rabbitmq: which replica streams which endpoint.
+        self.endpoint_active = Gauge(
+            "endpoint_active",
+            "1 while this replica holds the endpoint's lease and streams it.",
+            e,
+            namespace=ns,
+            registry=r,
+        )
+        self.lease_changes = Counter(
+            "lease_changes",
+            "Lease changes of this replica: acquired, released, lost, handed_over.",
+            ["endpoint", "reason"],
+            namespace=ns,
+            registry=r,
+        )
         self._positions = _PositionAgeCollector(clock)
         r.register(self._positions)
 

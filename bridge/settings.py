@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import string
 from collections.abc import Mapping
 from contextvars import ContextVar
@@ -489,6 +490,12 @@ class Settings(BaseSettings):
     position_flush_interval: PositiveFloat = 1.0
     position_flush_every: PositiveInt = 1000
     control_exchange: str = "cometd.control"
+    # ``file``: one replica, positions in state_dir under its lock. ``rabbitmq``: any number of
+    # replicas; each endpoint is streamed by the holder of its lease in RabbitMQ, and the
+    # positions live there too (bridge/coordination.py).
+    coordination: Literal["file", "rabbitmq"] = "file"
+    # Names this replica in /status and in logs; default: the host name (the pod's name).
+    replica_id: str = Field(default_factory=socket.gethostname, min_length=1, max_length=200)
 
     @model_validator(mode="before")
     @classmethod

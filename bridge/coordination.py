@@ -1,0 +1,262 @@
+"""``BRIDGE_COORDINATION=rabbitmq``: which replica streams which endpoint.
+
+One :class:`EndpointCoordinator` per configured endpoint runs on every replica. It registers
+as a candidate on the endpoint's lease (:mod:`bridge.amqp.lease`) and waits. Once it holds
+the token it reads the shared positions, writes them back with the epoch incremented
+(confirmed), and only then starts the endpoint's worker, whose messages carry the epoch.
+
+Three ways out of ownership:
+
+- **lost** (the lease channel or the whole AMQP connection closed): the worker is abandoned at
+  once (no more receiving, no ack, no position write) and its sink closed without waiting, so
+  nothing it held unconfirmed is ever re-published; the new owner resumes from the shared
+  position. The coordinator re-enters as a candidate once the connection is back.
+- **released** (SIGTERM) and **handed over** (to balance): the worker drains, the broker
+  confirms, the final position is written, and only then the lease is released, so the next
+  owner starts exactly where this one stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import structlog
+
+from bridge.amqp.lease import Lease, underlay_connection
+from bridge.metrics import Metrics
+from bridge.pipeline.worker import EndpointWorker
+from bridge.positions.rabbitmq_store import (
+    LeasedPositionStore,
+    read_positions,
+    write_positions,
+)
+from bridge.positions.store import PositionStoreError, StoredPosition
+
+
+__all__ = ["EndpointCoordinator", "Ownership"]
+
+log = structlog.get_logger("bridge.coordination")
+
+_RETRY_FIRST = 0.5
+_RETRY_MAX = 10.0
+# How long a lost endpoint's session may take to close before its task is cancelled.
+_ABANDON_GRACE = 2.0
+
+Role = Literal["active", "standby"]
+
+
+@dataclass(frozen=True, slots=True)
+class Ownership:
+    """What the supervisor needs to build an endpoint's worker while this replica owns it."""
+
+    endpoint: str
+    epoch: int
+    store: LeasedPositionStore
+
+
+# The supervisor's side: open the sink and build the worker (not started) for an ownership;
+# close the endpoint's sink (deadline in seconds; returns how many were left unconfirmed).
+StartWorker = Callable[[Ownership], Awaitable[EndpointWorker]]
+CloseSink = Callable[[str, float], Awaitable[int]]
+
+
+class EndpointCoordinator:
+    """Candidate, owner, candidate again: one endpoint's ownership loop on this replica."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        connection: Callable[[], Any],
+        connected: asyncio.Event,
+        start_worker: StartWorker,
+        close_sink: CloseSink,
+        metrics: Metrics,
+        publish_timeout: float,
+        shutdown_timeout: float,
+    ) -> None:
+        """``connection()`` returns the process's robust AMQP connection (the one the
+        endpoint publishes on); ``connected`` is set while it is up."""
+        self.endpoint = endpoint
+        self._connection = connection
+        self._connected = connected
+        self._start_worker = start_worker
+        self._close_sink = close_sink
+        self._metrics = metrics
+        self._publish_timeout = publish_timeout
+        self._shutdown_timeout = shutdown_timeout
+        self._stopping = asyncio.Event()
+        self._handover = asyncio.Event()
+        self._lease: Lease | None = None
+        self.worker: EndpointWorker | None = None
+        self.epoch: int | None = None
+        self.unconfirmed_at_exit = 0
+        self._log = log.bind(endpoint=endpoint)
+        metrics.endpoint_active.labels(endpoint).set(0)
+
+    @property
+    def role(self) -> Role:
+        return "active" if self.worker is not None else "standby"
+
+    def stop(self) -> None:
+        """Release the endpoint gracefully (if held) and stop being a candidate."""
+        self._stopping.set()
+
+    def hand_over(self) -> None:
+        """Release the endpoint gracefully and become a candidate again (balance)."""
+        self._handover.set()
+
+    async def run(self) -> None:
+        attempt = 0
+        while not self._stopping.is_set():
+            if not await self._wait(self._connected.wait()):
+                break
+            lease = Lease(self.endpoint, on_lost=self._on_lost)
+            self._lease = lease
+            try:
+                await lease.enter(underlay_connection(self._connection()))
+                await self._wait(lease.acquired.wait(), lease.closed.wait())
+                if lease.held and not self._stopping.is_set():
+                    await self._own(lease)
+                    attempt = 0
+                    continue
+                if self._stopping.is_set() or not lease.closed.is_set():
+                    continue
+                reason = "lease channel closed before the token arrived"
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the broker refused or went away: retry with backoff
+                reason = f"{type(exc).__name__}: {exc}"
+            finally:
+                await lease.release()
+                self._lease = None
+            delay = random.uniform(_RETRY_FIRST, min(_RETRY_MAX, _RETRY_FIRST * 2**attempt))
+            attempt += 1
+            self._log.warning("lease candidacy failed; retrying", error=reason, retry_in=delay)
+            await self._wait(asyncio.sleep(delay))
+
+    async def _wait(self, *aws: Awaitable[Any]) -> bool:
+        """Wait for the first of ``aws`` or a stop; False if stopped."""
+        tasks = [asyncio.ensure_future(a) for a in aws]
+        stop = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait([*tasks, stop], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in [*tasks, stop]:
+                t.cancel()
+        return not self._stopping.is_set()
+
+    def _on_lost(self) -> None:
+        # Synchronous, from the lease channel's close: nothing more may be received, acked or
+        # stored by this replica for the endpoint, from this very moment.
+        worker = self.worker
+        if worker is not None:
+            worker.abandon()
+
+    async def _own(self, lease: Lease) -> None:
+        conn = underlay_connection(self._connection())
+        positions_channel = await conn.channel(publisher_confirms=True)
+        try:
+            epoch, positions = await read_positions(positions_channel, self.endpoint)
+            epoch += 1
+            await write_positions(
+                positions_channel,
+                self.endpoint,
+                epoch,
+                positions,
+                confirm_within=self._publish_timeout,
+            )
+            if not lease.held:
+                return
+            store = LeasedPositionStore(
+                self.endpoint,
+                positions,
+                lambda current: self._write(lease, positions_channel, epoch, current),
+                asyncio.get_running_loop(),
+                timeout=self._publish_timeout,
+            )
+            self.epoch = epoch
+            self._changed("acquired")
+            self._log.info("lease acquired: this replica streams the endpoint", epoch=epoch)
+            worker = await self._start_worker(Ownership(self.endpoint, epoch, store))
+            if not lease.held:  # lost while the sink was opened
+                worker.abandon()
+                await self._close_sink(self.endpoint, 0.0)
+                self._changed("lost")
+                return
+            self.worker = worker
+            self._metrics.endpoint_active.labels(self.endpoint).set(1)
+            task = asyncio.create_task(worker.run(), name=f"endpoint-{self.endpoint}")
+            try:
+                await self._wait(task, lease.closed.wait(), self._handover.wait())
+                if lease.lost or not lease.held:
+                    await self._abandoned(worker, task)
+                else:
+                    await self._release(worker, task, lease)
+            finally:
+                self.worker = None
+                self._metrics.endpoint_active.labels(self.endpoint).set(0)
+                if not task.done():
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
+        finally:
+            if not positions_channel.is_closed:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(positions_channel.close(), 5.0)
+
+    async def _write(
+        self,
+        lease: Lease,
+        channel: Any,
+        epoch: int,
+        positions: dict[str, StoredPosition],
+    ) -> None:
+        # Fencing for positions: only while the lease is held, on the lease's connection.
+        if not lease.held:
+            raise PositionStoreError("the endpoint's lease is not held: position not written")
+        await write_positions(
+            channel, self.endpoint, epoch, positions, confirm_within=self._publish_timeout
+        )
+
+    async def _abandoned(self, worker: EndpointWorker, task: asyncio.Task[None]) -> None:
+        worker.abandon()
+        dropped = await self._close_sink(self.endpoint, 0.0)
+        self._changed("lost")
+        self._log.error(
+            "lease lost: the endpoint's session is stopped; its new owner resumes from the "
+            "shared position",
+            unconfirmed_dropped=dropped,
+        )
+        _, pending = await asyncio.wait([task], timeout=_ABANDON_GRACE)
+        for t in pending:
+            t.cancel()
+
+    async def _release(
+        self, worker: EndpointWorker, task: asyncio.Task[None], lease: Lease
+    ) -> None:
+        """Drain, confirm, store the final position, then release the lease."""
+        handing_over = self._handover.is_set() and not self._stopping.is_set()
+        self._handover.clear()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        worker.request_stop()
+        _, pending = await asyncio.wait([task], timeout=self._shutdown_timeout)
+        for t in pending:
+            t.cancel()
+        remaining = max(0.1, self._shutdown_timeout - (loop.time() - started))
+        left = await self._close_sink(self.endpoint, remaining)
+        self.unconfirmed_at_exit = left
+        if lease.held:
+            await worker.close()  # the final position, written while the lease is still held
+        await lease.release()
+        reason = "handed_over" if handing_over else "released"
+        self._changed(reason)
+        self._log.info("lease released", reason=reason, unconfirmed=left)
+
+    def _changed(self, reason: str) -> None:
+        self._metrics.lease_changes.labels(self.endpoint, reason).inc()
