@@ -142,12 +142,15 @@ class EndpointCoordinator:
 
     async def _wait(self, *aws: Awaitable[Any]) -> bool:
         """Wait for the first of ``aws`` or a stop; False if stopped."""
-        tasks = [asyncio.ensure_future(a) for a in aws]
+        # Only the waits made here are cancelled afterwards, never a task passed in (the
+        # worker's: cancelling it mid-batch would lose what it had taken from the source).
+        tasks = [a if isinstance(a, asyncio.Task) else asyncio.ensure_future(a) for a in aws]
+        made = [t for t, a in zip(tasks, aws, strict=True) if t is not a]
         stop = asyncio.ensure_future(self._stopping.wait())
         try:
             await asyncio.wait([*tasks, stop], return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for t in [*tasks, stop]:
+            for t in [*made, stop]:
                 t.cancel()
         return not self._stopping.is_set()
 
