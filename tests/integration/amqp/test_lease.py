@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import uuid
 from collections.abc import AsyncIterator
 
@@ -13,6 +14,9 @@ import pytest
 from pamqp import commands as spec
 
 from bridge.amqp.lease import LEASE_QUEUE_ARGUMENTS, Lease, lease_queue
+from bridge.cli import _parser
+from bridge.positions import cli
+from bridge.positions.rabbitmq_cli import LeaseBusy, change
 from bridge.positions.rabbitmq_store import (
     position_queue,
     read_positions,
@@ -158,3 +162,36 @@ async def test_a_corrupt_positions_document_is_an_error_not_a_fresh_start(
     # Still there for an operator to inspect.
     with pytest.raises(PositionStoreError):
         await read_positions(channel, endpoint)
+
+
+async def test_positions_cli_in_rabbitmq_mode_sets_under_the_lease_and_shows(
+    amqp_url: str, connections: list[aiormq.abc.AbstractConnection], endpoint: str
+) -> None:
+    env = {"BRIDGE_COORDINATION": "rabbitmq", "BRIDGE_AMQP_URL": amqp_url}
+    parser = _parser()
+    out = io.StringIO()
+    args = parser.parse_args(["positions", "set", endpoint, "/event/A", "42"])
+    assert await asyncio.to_thread(cli.run, args, env, out) == 0, out.getvalue()
+    channel = await connections[0].channel()
+    epoch, positions = await read_positions(channel, endpoint)
+    assert positions["/event/A"].replay_id == 42
+    assert epoch == 1
+
+    out = io.StringIO()
+    args = parser.parse_args(["positions", "show", endpoint, "--json"])
+    assert await asyncio.to_thread(cli.run, args, env, out) == 0
+    assert '"replay_id": 42' in out.getvalue()
+
+
+async def test_positions_cli_waits_for_the_lease_while_a_replica_holds_it(
+    amqp_url: str, connections: list[aiormq.abc.AbstractConnection], endpoint: str
+) -> None:
+    replica = Lease(endpoint)
+    await replica.enter(connections[0])
+    assert await holder([replica]) is replica
+    with pytest.raises(LeaseBusy, match="holds its lease"):
+        await change(amqp_url, endpoint, "/event/A", 7, wait=1.0)
+    channel = await connections[1].channel()
+    assert await read_positions(channel, endpoint) == (0, {}), "nothing changed"
+    await replica.release()
+    assert await change(amqp_url, endpoint, "/event/A", 7, wait=WAIT) == 1
