@@ -436,10 +436,19 @@ class Endpoint(_Model):
 
 
 def _check_amqp_url(value: SecretStr) -> SecretStr:
-    parts = urlsplit(value.get_secret_value())
-    if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
-        raise PydanticCustomError("url_scheme", "must be an amqp:// or amqps:// URL with a host")
+    # Several comma-separated URLs (a broker cluster) are tried in order on (re)connect.
+    for url in amqp_urls(value.get_secret_value()) or [""]:
+        parts = urlsplit(url)
+        if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
+            raise PydanticCustomError(
+                "url_scheme", "must be an amqp:// or amqps:// URL with a host"
+            )
     return value
+
+
+def amqp_urls(value: str) -> list[str]:
+    """``BRIDGE_AMQP_URL``'s comma-separated URLs, in order."""
+    return [url.strip() for url in value.split(",") if url.strip()]
 
 
 AmqpUrl = Annotated[SecretStr, AfterValidator(_check_amqp_url)]
@@ -693,7 +702,9 @@ def mask_url(url: str) -> str:
 def redacted_dump(settings: Settings) -> dict[str, Any]:
     """The effective configuration as JSON-ready data: secrets ``***``, URL passwords masked."""
     raw = settings.model_dump(mode="python", exclude={"amqp_url_file"})
-    raw["amqp_url"] = mask_url(settings.amqp_url.get_secret_value())
+    raw["amqp_url"] = ",".join(
+        mask_url(url) for url in amqp_urls(settings.amqp_url.get_secret_value())
+    )
     result = _redact(raw)
     assert isinstance(result, dict)
     return result
