@@ -39,6 +39,8 @@ CONTRACT: dict[str, tuple[str, set[str]]] = {
     "cometd_bridge_possible_gaps_total": ("counter", {"endpoint", "reason"}),
     "cometd_bridge_replay_position_age_seconds": ("gauge", {"endpoint", "channel"}),
     "cometd_bridge_duplicates_redelivered_total": ("counter", {"endpoint"}),
+    "cometd_bridge_endpoint_active": ("gauge", {"endpoint"}),
+    "cometd_bridge_lease_changes_total": ("counter", {"endpoint", "reason"}),
 }
 
 SUFFIXES = ("_total", "_created", "_bucket", "_count", "_sum", "_info")
@@ -65,6 +67,8 @@ def exercise(m: Metrics) -> None:
     ep.replay_gap("/event/Order__e")
     ep.possible_gap("session_expired")
     ep.duplicates_redelivered.inc()
+    m.endpoint_active.labels("orders").set(1)
+    m.lease_changes.labels("orders", "acquired").inc()
     # What the credential registry reports through PrometheusAuthHooks (the daemon's wiring).
     hooks = PrometheusAuthHooks(m.token_refreshes, m.token_expiry_timestamp)
     hooks.token_refreshed("orders", "success")
