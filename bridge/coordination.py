@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 import structlog
 
-from bridge.amqp.lease import Lease, underlay_connection
+from bridge.amqp.lease import Lease, lease_queue, underlay_connection
 from bridge.metrics import Metrics
 from bridge.pipeline.worker import EndpointWorker
 from bridge.positions.rabbitmq_store import (
@@ -38,7 +38,7 @@ from bridge.positions.rabbitmq_store import (
 from bridge.positions.store import PositionStoreError, StoredPosition
 
 
-__all__ = ["EndpointCoordinator", "Ownership"]
+__all__ = ["Balancer", "EndpointCoordinator", "Ownership"]
 
 log = structlog.get_logger("bridge.coordination")
 
@@ -79,9 +79,11 @@ class EndpointCoordinator:
         metrics: Metrics,
         publish_timeout: float,
         shutdown_timeout: float,
+        may_own: Callable[[], bool] | None = None,
     ) -> None:
         """``connection()`` returns the process's robust AMQP connection (the one the
-        endpoint publishes on); ``connected`` is set while it is up."""
+        endpoint publishes on); ``connected`` is set while it is up; ``may_own()`` says
+        whether this replica may take one more endpoint (the :class:`Balancer`'s share)."""
         self.endpoint = endpoint
         self._connection = connection
         self._connected = connected
@@ -92,6 +94,9 @@ class EndpointCoordinator:
         self._shutdown_timeout = shutdown_timeout
         self._stopping = asyncio.Event()
         self._handover = asyncio.Event()
+        self._may_own = may_own
+        # From the token's arrival until the lease is given up: counts against the share.
+        self.owning = False
         self._lease: Lease | None = None
         self.worker: EndpointWorker | None = None
         self.epoch: int | None = None
@@ -111,6 +116,10 @@ class EndpointCoordinator:
         """Release the endpoint gracefully and become a candidate again (balance)."""
         self._handover.set()
 
+    @property
+    def handing_over(self) -> bool:
+        return self._handover.is_set()
+
     async def run(self) -> None:
         attempt = 0
         while not self._stopping.is_set():
@@ -122,7 +131,18 @@ class EndpointCoordinator:
                 await lease.enter(underlay_connection(self._connection()))
                 await self._wait(lease.acquired.wait(), lease.closed.wait())
                 if lease.held and not self._stopping.is_set():
-                    await self._own(lease)
+                    if self._may_own is not None and not self._may_own():
+                        # This replica has its share: pass the token on (the release requeues
+                        # it for the next candidate) and stand aside for a moment.
+                        await lease.release()
+                        self._log.debug("lease declined: this replica owns its share")
+                        await self._wait(asyncio.sleep(random.uniform(1.0, 3.0)))
+                        continue
+                    self.owning = True
+                    try:
+                        await self._own(lease)
+                    finally:
+                        self.owning = False
                     attempt = 0
                     continue
                 if self._stopping.is_set() or not lease.closed.is_set():
@@ -263,3 +283,75 @@ class EndpointCoordinator:
 
     def _changed(self, reason: str) -> None:
         self._metrics.lease_changes.labels(self.endpoint, reason).inc()
+
+
+class Balancer:
+    """Keeps this replica's share of the endpoints at ``ceil(M / N)``.
+
+    N, the live replicas, is read from the broker: every replica is a consumer of every lease
+    queue (the owner included), so a passive declare's consumer count is N. The smallest count
+    over the lease queues is taken: it never over-counts, so the shares always cover every
+    endpoint (no endpoint is left without a willing owner). A surplus is handed over
+    gracefully, one coordinator at a time per round; a coordinator that receives a token
+    beyond the share declines it (``may_own``).
+    """
+
+    def __init__(
+        self,
+        coordinators: dict[str, EndpointCoordinator],
+        *,
+        connection: Callable[[], Any],
+        connected: asyncio.Event,
+        interval: float = 2.0,
+    ) -> None:
+        self._coordinators = coordinators
+        self._connection = connection
+        self._connected = connected
+        self._interval = interval
+        self.replicas = 1
+
+    @property
+    def share(self) -> int:
+        return -(-len(self._coordinators) // max(1, self.replicas))
+
+    def owned(self) -> int:
+        return sum(1 for c in self._coordinators.values() if c.owning and not c.handing_over)
+
+    def may_own(self) -> bool:
+        return self.owned() < self.share
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)  # a periodic check, not synchronisation
+            if not self._connected.is_set():
+                continue
+            try:
+                self.replicas = await self._count_replicas()
+            except Exception as exc:  # the next round tries again
+                log.debug("counting replicas failed", error=str(exc))
+                continue
+            surplus = self.owned() - self.share
+            if surplus > 0:
+                owning = [c for c in self._coordinators.values() if c.owning and not c.handing_over]
+                for coordinator in sorted(owning, key=lambda c: c.endpoint)[:surplus]:
+                    log.info(
+                        "handing an endpoint over to balance the replicas",
+                        endpoint=coordinator.endpoint,
+                        replicas=self.replicas,
+                        share=self.share,
+                    )
+                    coordinator.hand_over()
+
+    async def _count_replicas(self) -> int:
+        conn = underlay_connection(self._connection())
+        channel = await conn.channel(publisher_confirms=False)
+        try:
+            counts = []
+            for name in self._coordinators:
+                ok = await channel.queue_declare(lease_queue(name), passive=True)
+                counts.append(int(ok.consumer_count or 0))
+            return max(1, min(counts, default=1))
+        finally:
+            if not channel.is_closed:
+                with contextlib.suppress(Exception):
+                    await channel.close()

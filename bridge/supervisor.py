@@ -40,7 +40,7 @@ from bridge.amqp.sink_factory import choose_publisher_class
 from bridge.auth import CredentialRegistry, PrometheusAuthHooks, extension_for
 from bridge.auth.extension import TokenAuthExtension
 from bridge.auth.factory import resolve_endpoint_url
-from bridge.coordination import EndpointCoordinator, Ownership
+from bridge.coordination import Balancer, EndpointCoordinator, Ownership
 from bridge.http import start_http_server
 from bridge.metrics import Metrics
 from bridge.pipeline.gaps import GapRecords
@@ -98,6 +98,7 @@ class Supervisor:
         # holds only the endpoints this replica owns right now).
         self.coordinators: dict[str, EndpointCoordinator] = {}
         self._amqp_up = asyncio.Event()
+        self._balancer_task: asyncio.Task[None] | None = None
         self._auths: Mapping[str, TokenAuthExtension | None] = {}
 
     @property
@@ -292,6 +293,9 @@ class Supervisor:
         if not await self._declare_with_retry():
             return False
         self._auths = auths
+        balancer = Balancer(
+            self.coordinators, connection=lambda: self._amqp.connection, connected=self._amqp_up
+        )
         for name in self.settings.endpoints:
             coordinator = EndpointCoordinator(
                 name,
@@ -302,11 +306,13 @@ class Supervisor:
                 metrics=self.metrics,
                 publish_timeout=self.settings.publish_timeout,
                 shutdown_timeout=self.settings.shutdown_timeout,
+                may_own=balancer.may_own,
             )
             self.coordinators[name] = coordinator
             task = asyncio.create_task(coordinator.run(), name=f"lease-{name}")
             task.add_done_callback(partial(self._coordinator_done, name))
             self._tasks[name] = task
+        self._balancer_task = asyncio.create_task(balancer.run(), name="balancer")
         self.metrics.set_position_source(self._position_times)
         log.info(
             "lease candidate for every endpoint",
@@ -485,6 +491,8 @@ class Supervisor:
         self._stopping = True
         log.info("shutting down", deadline_seconds=deadline)
         started = time.monotonic()
+        if self._balancer_task is not None:
+            self._balancer_task.cancel()
         if self.coordinators:
             # Each owned endpoint drains, is confirmed, stores its position, then releases its
             # lease (the standby takes over from there); then the connection closes.
