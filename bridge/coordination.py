@@ -136,7 +136,7 @@ class EndpointCoordinator:
                         # it for the next candidate) and stand aside for a moment.
                         await lease.release()
                         self._log.debug("lease declined: this replica owns its share")
-                        await self._wait(asyncio.sleep(random.uniform(1.0, 3.0)))
+                        await self._wait(asyncio.sleep(random.uniform(0.5, 1.5)))
                         continue
                     self.owning = True
                     try:
@@ -206,7 +206,11 @@ class EndpointCoordinator:
             self.epoch = epoch
             self._changed("acquired")
             self._log.info("lease acquired: this replica streams the endpoint", epoch=epoch)
-            worker = await self._start_worker(Ownership(self.endpoint, epoch, store))
+            try:
+                worker = await self._start_worker(Ownership(self.endpoint, epoch, store))
+            except BaseException:
+                await self._close_sink(self.endpoint, 0.0)  # the name is free for the next try
+                raise
             if not lease.held:  # lost while the sink was opened
                 worker.abandon()
                 await self._close_sink(self.endpoint, 0.0)
@@ -302,7 +306,7 @@ class Balancer:
         *,
         connection: Callable[[], Any],
         connected: asyncio.Event,
-        interval: float = 2.0,
+        interval: float = 1.0,
     ) -> None:
         self._coordinators = coordinators
         self._connection = connection
