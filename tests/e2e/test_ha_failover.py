@@ -22,6 +22,7 @@ from tests.e2e.harness import BridgeProcess, QueueCollector
 from tests.e2e.test_noloss_faults import (
     CHANNEL,
     check_complete,
+    pausable_proxy,
     payload_seqs,
     sample,
     sf_env,
@@ -73,9 +74,10 @@ class Replicas:
         self._env = env
         self.started: dict[str, BridgeProcess] = {}
 
-    async def start(self, replica: str) -> BridgeProcess:
+    async def start(self, replica: str, **extra: str) -> BridgeProcess:
         env = {
             **self._env,
+            **extra,
             "BRIDGE_COORDINATION": "rabbitmq",
             "BRIDGE_REPLICA_ID": replica,
             "BRIDGE_STATE_DIR": str(self._tmp / f"state-{replica}"),
@@ -128,8 +130,10 @@ async def first_delivery_with_epoch(collector: QueueCollector, epoch: int, withi
     return time.monotonic()
 
 
-async def two_replicas(replicas: Replicas, endpoint: str) -> tuple[BridgeProcess, BridgeProcess]:
-    active = await replicas.start("replica-a")
+async def two_replicas(
+    replicas: Replicas, endpoint: str, **active_env: str
+) -> tuple[BridgeProcess, BridgeProcess]:
+    active = await replicas.start("replica-a", **active_env)
     await wait_role(active, endpoint, "active", within=WAIT)
     standby = await replicas.start("replica-b")
     status = await standby.status()
@@ -241,3 +245,42 @@ async def test_sigterm_of_the_active_hands_over_with_nothing_missing(
     for d, seq in zip(collector.deliveries, payload_seqs(collector), strict=True):
         seqs_by_epoch.setdefault(int(d.headers["cometd-lease-epoch"]), []).append(seq)
     assert max(seqs_by_epoch[first_epoch]) < min(seqs_by_epoch[first_epoch + 1])
+
+
+HEARTBEAT = 2  # seconds; a blackholed connection is declared dead after about twice this
+
+
+async def test_the_active_blackholed_the_deposed_owner_stops_within_the_heartbeat_timeout(
+    replicas: Replicas,
+    sf_server: SalesforceServer,
+    collector: QueueCollector,
+    endpoint_name: str,
+    record_property: Callable[[str, object], None],
+) -> None:
+    async with pausable_proxy() as proxy:
+        url = f"amqp://guest:guest@127.0.0.1:{proxy.port}/?heartbeat={HEARTBEAT}"
+        active, standby = await two_replicas(replicas, endpoint_name, BRIDGE_AMQP_URL=url)
+        await sf_server.publish(CHANNEL, COUNT, rate=RATE, wait=False)
+        await collector.wait_for(COUNT // 4, within=WAIT, what="streamed by the active")
+        first_epoch = epochs(collector)[0]
+
+        proxy.pause()  # nothing passes either way: a partition between the active and RabbitMQ
+        paused = time.monotonic()
+        bound = 3 * HEARTBEAT + FAILOVER_BOUND
+        # The deposed owner notices through its own heartbeats and stops its session; it
+        # still answers HTTP, so this is observed from outside, as an operator would.
+        await wait_role(active, endpoint_name, "standby", within=bound)
+        stopped = time.monotonic() - paused
+        await wait_role(standby, endpoint_name, "active", within=bound)
+        print(f"blackholed: the deposed owner stopped {stopped:.1f} s after the partition")
+        record_property("deposed_stopped_seconds", round(stopped, 1))
+        proxy.resume()
+        await wait_seqs(collector, COUNT, within=WAIT)
+    check_complete(collector, COUNT, record_property)
+    seen = epochs(collector)
+    new = first_epoch + 1
+    late = [e for e in seen[seen.index(new) :] if e < new]
+    assert not late, f"{len(late)} messages of the deposed owner after the new owner's first"
+    metrics = await active.metrics()
+    changes = "cometd_bridge_lease_changes_total"
+    assert sample(metrics, changes, endpoint=endpoint_name, reason="lost") == 1
