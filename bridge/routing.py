@@ -169,7 +169,7 @@ def orjson_body_encoder() -> Callable[[Any], bytes] | None:
 class Router:
     """Routes one endpoint's CometD data messages to its exchange."""
 
-    __slots__ = ("_body", "_cache", "_template", "endpoint", "exchange")
+    __slots__ = ("_body", "_cache", "_template", "endpoint", "exchange", "lease_epoch")
 
     def __init__(
         self,
@@ -178,11 +178,16 @@ class Router:
         routing_key: str = "{channel}",
         *,
         body_encoder: Callable[[Any], bytes] | None = None,
+        lease_epoch: int | None = None,
     ) -> None:
         """``routing_key`` is a template with ``{endpoint}``, ``{channel}``, ``{channel_path}``
         (validated by the settings); ``body_encoder`` (default: the stdlib's compact JSON)
-        turns ``data`` into the message body, e.g. :func:`orjson_body_encoder`."""
+        turns ``data`` into the message body, e.g. :func:`orjson_body_encoder`.
+        ``lease_epoch`` (``BRIDGE_COORDINATION=rabbitmq``: the epoch of the endpoint's lease
+        this replica holds) goes on every message as ``cometd-lease-epoch``, so a consumer can
+        fence off a deposed owner's late messages."""
         self.endpoint = endpoint
+        self.lease_epoch = lease_epoch
         self.exchange = exchange
         self._template = routing_key
         self._cache: dict[str, str] = {}
@@ -190,10 +195,21 @@ class Router:
 
     @classmethod
     def from_settings(
-        cls, name: str, endpoint: Endpoint, *, body_encoder: Callable[[Any], bytes] | None = None
+        cls,
+        name: str,
+        endpoint: Endpoint,
+        *,
+        body_encoder: Callable[[Any], bytes] | None = None,
+        lease_epoch: int | None = None,
     ) -> Router:
         """The router for the configured endpoint ``name``."""
-        return cls(name, endpoint.exchange, endpoint.routing_key, body_encoder=body_encoder)
+        return cls(
+            name,
+            endpoint.exchange,
+            endpoint.routing_key,
+            body_encoder=body_encoder,
+            lease_epoch=lease_epoch,
+        )
 
     def routing_key(self, channel: str) -> str:
         """The routing key for ``channel`` (cached)."""
@@ -239,6 +255,8 @@ class Router:
             headers["cometd-id"] = str(cometd_id)
         if replay_id is not None:
             headers["replay-id"] = replay_id
+        if self.lease_epoch is not None:
+            headers["cometd-lease-epoch"] = self.lease_epoch
         return RoutedMessage(
             exchange=self.exchange,
             routing_key=self.routing_key(channel),

@@ -22,6 +22,7 @@ import difflib
 import json
 import os
 import re
+import socket
 import string
 from collections.abc import Mapping
 from contextvars import ContextVar
@@ -483,10 +484,19 @@ class Endpoint(_Model):
 
 
 def _check_amqp_url(value: SecretStr) -> SecretStr:
-    parts = urlsplit(value.get_secret_value())
-    if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
-        raise PydanticCustomError("url_scheme", "must be an amqp:// or amqps:// URL with a host")
+    # Several comma-separated URLs (a broker cluster) are tried in order on (re)connect.
+    for url in amqp_urls(value.get_secret_value()) or [""]:
+        parts = urlsplit(url)
+        if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
+            raise PydanticCustomError(
+                "url_scheme", "must be an amqp:// or amqps:// URL with a host"
+            )
     return value
+
+
+def amqp_urls(value: str) -> list[str]:
+    """``BRIDGE_AMQP_URL``'s comma-separated URLs, in order."""
+    return [url.strip() for url in value.split(",") if url.strip()]
 
 
 AmqpUrl = Annotated[SecretStr, AfterValidator(_check_amqp_url)]
@@ -609,6 +619,12 @@ class Settings(BaseSettings):
     amqp_ca_file: Annotated[Path | None, BeforeValidator(_null)] = None
     amqp_cert_file: Annotated[Path | None, BeforeValidator(_null)] = None
     amqp_key_file: Annotated[Path | None, BeforeValidator(_null)] = None
+    # ``file``: one replica, positions in state_dir under its lock. ``rabbitmq``: any number of
+    # replicas; each endpoint is streamed by the holder of its lease in RabbitMQ, and the
+    # positions live there too (bridge/coordination.py).
+    coordination: Literal["file", "rabbitmq"] = "file"
+    # Names this replica in /status and in logs; default: the host name (the pod's name).
+    replica_id: str = Field(default_factory=socket.gethostname, min_length=1, max_length=200)
 
     @model_validator(mode="before")
     @classmethod
@@ -956,7 +972,9 @@ def mask_url(url: str) -> str:
 def redacted_dump(settings: Settings) -> dict[str, Any]:
     """The effective configuration as JSON-ready data: secrets ``***``, URL passwords masked."""
     raw = settings.model_dump(mode="python", exclude={"amqp_url_file"})
-    raw["amqp_url"] = mask_url(settings.amqp_url.get_secret_value())
+    raw["amqp_url"] = ",".join(
+        mask_url(url) for url in amqp_urls(settings.amqp_url.get_secret_value())
+    )
     result = _redact(raw)
     assert isinstance(result, dict)
     return result

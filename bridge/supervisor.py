@@ -25,7 +25,6 @@ import gc
 import os
 import random
 import signal
-import socket
 import time
 from collections.abc import Iterator, Mapping
 from functools import partial
@@ -41,6 +40,7 @@ from bridge.amqp.sink_factory import choose_publisher_class
 from bridge.auth import CredentialRegistry, PrometheusAuthHooks, extension_for
 from bridge.auth.extension import TokenAuthExtension
 from bridge.auth.factory import resolve_endpoint_url
+from bridge.coordination import Balancer, EndpointCoordinator, Ownership
 from bridge.http import start_http_server
 from bridge.metrics import Metrics
 from bridge.pipeline.dead_letters import DEAD_LETTER_EXCHANGE_TYPE, DEFAULT_DEAD_LETTER_EXCHANGE
@@ -75,7 +75,7 @@ class Supervisor:
         self.settings = settings
         self.metrics = metrics if metrics is not None else Metrics(version=__version__)
         self.workers: dict[str, EndpointWorker] = {}
-        self._amqp_name = f"cometd-bridge/{socket.gethostname()}/{os.getpid()}"
+        self._amqp_name = f"cometd-bridge/{settings.replica_id}/{os.getpid()}"
         self._amqp = AmqpConnection(
             settings.amqp_url.get_secret_value(),
             connection_name=self._amqp_name,
@@ -103,6 +103,16 @@ class Supervisor:
         self._startup_error: str | None = None
         # The status page's sparklines: rates sampled by the gauge refresh.
         self.rates = RateHistory()
+        # BRIDGE_COORDINATION=rabbitmq: one lease candidacy per endpoint (self.workers then
+        # holds only the endpoints this replica owns right now).
+        self.coordinators: dict[str, EndpointCoordinator] = {}
+        self._amqp_up = asyncio.Event()
+        self._balancer_task: asyncio.Task[None] | None = None
+        self._auths: Mapping[str, TokenAuthExtension | None] = {}
+
+    @property
+    def coordinated(self) -> bool:
+        return self.settings.coordination == "rabbitmq"
 
     # -- readiness and status ----------------------------------------------------------------
 
@@ -112,6 +122,12 @@ class Supervisor:
         if not self._amqp.connected:
             return False, "AMQP connection down"
         down = sorted(name for name, w in self.workers.items() if not w.up)
+        if self.coordinated and self.coordinators:
+            # A standby that is connected is ready to take over: that is its job.
+            failed = sorted(name for name, w in self.workers.items() if w.failed)
+            if failed:
+                return False, "endpoints failed, see /status: " + ", ".join(failed)
+            return True, "ok"
         if not self.workers:
             return False, self._startup_error or "starting"
         failed = sorted(name for name, w in self.workers.items() if w.failed)
@@ -124,13 +140,24 @@ class Supervisor:
 
     def status(self) -> dict[str, Any]:
         now = time.time()
+        endpoints: dict[str, Any] = {}
+        for name, w in list(self.workers.items()):
+            endpoints[name] = {**self._endpoint_status(w, now), "role": "active"}
+            coordinator = self.coordinators.get(name)
+            if coordinator is not None:
+                endpoints[name]["lease_epoch"] = coordinator.epoch
+        for name in self.coordinators:
+            if name not in endpoints:
+                endpoints[name] = {"role": "standby", "state": "standby", "up": False}
         return {
             "version": __version__,
+            "replica": self.settings.replica_id,
+            "coordination": self.settings.coordination,
             "uptime_seconds": now - self._started_at,
             "amqp_connected": self._amqp.connected,
             "ready": self.ready()[0],
             "startup_error": self._startup_error,
-            "endpoints": {name: self._endpoint_status(w, now) for name, w in self.workers.items()},
+            "endpoints": endpoints,
             "amqp": {
                 "connected": self._amqp.connected,
                 "url": mask_url(self.settings.amqp_url.get_secret_value()),
@@ -173,6 +200,10 @@ class Supervisor:
         """Run until stopped; returns the number of messages left unconfirmed at exit.
 
         Raises :class:`StartupRefused` when it cannot start as configured."""
+        if self.coordinated:
+            # Positions live in RabbitMQ and every replica shares the configuration: the
+            # state directory's lock would only stop a second replica on a shared volume.
+            return await self._run()
         self._take_state_lock()
         try:
             return await self._run()
@@ -225,7 +256,10 @@ class Supervisor:
                 raise
             if not await self._connect_amqp():
                 return 0
-            if not await self._start_workers(auths):
+            if self.coordinated:
+                if not await self._start_coordinators(auths):
+                    return await self._shutdown()
+            elif not await self._start_workers(auths):
                 return await self._shutdown()
             # Everything built so far (settings, registry, modules) lives until exit: move it
             # out of the collector's sight, so full collections stop walking it (measured:
@@ -296,6 +330,114 @@ class Supervisor:
         self.metrics.set_position_source(self._position_times)
         log.info("endpoints started", endpoints=sorted(self.workers))
         return True
+
+    async def _start_coordinators(self, auths: Mapping[str, TokenAuthExtension | None]) -> bool:
+        """BRIDGE_COORDINATION=rabbitmq: declare the topology, then register as a candidate
+        for every endpoint's lease; workers are built only for the leases this replica gets."""
+        if not await self._declare_with_retry():
+            return False
+        self._auths = auths
+        balancer = Balancer(
+            self.coordinators, connection=lambda: self._amqp.connection, connected=self._amqp_up
+        )
+        for name in self.settings.endpoints:
+            coordinator = EndpointCoordinator(
+                name,
+                connection=lambda: self._amqp.connection,
+                connected=self._amqp_up,
+                start_worker=self._start_owned_worker,
+                close_sink=self._close_owned_sink,
+                metrics=self.metrics,
+                publish_timeout=self.settings.publish_timeout,
+                shutdown_timeout=self.settings.shutdown_timeout,
+                may_own=balancer.may_own,
+            )
+            self.coordinators[name] = coordinator
+            task = asyncio.create_task(coordinator.run(), name=f"lease-{name}")
+            task.add_done_callback(partial(self._coordinator_done, name))
+            self._tasks[name] = task
+        self._balancer_task = asyncio.create_task(balancer.run(), name="balancer")
+        self.metrics.set_position_source(self._position_times)
+        log.info(
+            "lease candidate for every endpoint",
+            replica=self.settings.replica_id,
+            endpoints=sorted(self.coordinators),
+        )
+        return True
+
+    async def _declare_with_retry(self) -> bool:
+        s = self.settings
+        attempt = 0
+        while not self._stop.is_set():
+            try:
+                await self._declare_topology()
+                if self._gap_records is None and self._replaying():
+                    control = await self._amqp.channel_for("@control")
+                    self._gap_records = GapRecords(control, s.control_exchange, s.publish_timeout)
+                self._startup_error = None
+                return True
+            except Exception as exc:  # the broker refused or went away: /readyz says which
+                delay = random.uniform(0.5, min(_AMQP_RETRY_MAX, 1.0 * 2**attempt))
+                attempt += 1
+                self._startup_error = f"AMQP topology not declared: {_describe(exc)}"
+                log.error("declaring the AMQP topology failed; retrying", error=_describe(exc))
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._stop.wait()
+        return False
+
+    async def _start_owned_worker(self, owned: Ownership) -> EndpointWorker:
+        """The worker for an endpoint whose lease this replica just acquired (not started):
+        its own sink on the connection that holds the lease, positions in RabbitMQ."""
+        s = self.settings
+        name = owned.endpoint
+        ep = s.endpoints[name]
+        sink = await self._amqp.channel_for(
+            name,
+            hooks=PublisherMetricsHooks(self.metrics.endpoint(name)),
+            alternate_exchange=ep.alternate_exchange,
+            max_inflight=ep.max_inflight,
+        )
+        keeper = None
+        if ep.replay != "off":
+            keeper = PositionKeeper(
+                owned.store,
+                name,
+                flush_every=s.position_flush_every,
+                flush_interval=s.position_flush_interval,
+                channels=[channel.split("?", 1)[0] for channel in ep.channels],
+            )
+        auth = self._auths.get(name)
+        worker = EndpointWorker(
+            name,
+            ep,
+            sink=sink,
+            metrics=self.metrics.endpoint(name),
+            auth=auth,
+            url=ep.url,
+            url_resolver=partial(resolve_endpoint_url, ep, auth),
+            positions=keeper,
+            gap_sink=None if self._gap_records is None else self._gap_records.publish,
+            lease_epoch=owned.epoch,
+        )
+        self.workers[name] = worker
+        return worker
+
+    async def _close_owned_sink(self, name: str, deadline: float) -> int:
+        self.workers.pop(name, None)
+        return await self._amqp.close_endpoint(name, deadline)
+
+    def _coordinator_done(self, name: str, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        assert exc is not None
+        log.error(
+            "lease coordinator died",
+            endpoint=name,
+            error=_describe(exc),
+            exc_info=(type(exc), exc, exc.__traceback__),
+        )
 
     def _auth_extensions(self) -> dict[str, TokenAuthExtension | None]:
         """Each endpoint's auth; a failure here is configuration (e.g. a key that does not
@@ -406,6 +548,24 @@ class Supervisor:
         self._stopping = True
         log.info("shutting down", deadline_seconds=deadline)
         started = time.monotonic()
+        if self._balancer_task is not None:
+            self._balancer_task.cancel()
+        if self.coordinators:
+            # Each owned endpoint drains, is confirmed, stores its position, then releases its
+            # lease (the standby takes over from there); then the connection closes.
+            for coordinator in self.coordinators.values():
+                coordinator.stop()
+            tasks = list(self._tasks.values())
+            _, pending = await asyncio.wait(tasks, timeout=deadline + 5.0)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            left = sum(c.unconfirmed_at_exit for c in self.coordinators.values())
+            left += await self._amqp.close(max(0.1, deadline - (time.monotonic() - started)))
+            await self._credentials.aclose()
+            self.unconfirmed_at_exit = left
+            log.info("shutdown complete: leases released", unconfirmed=left)
+            return left
         for worker in self.workers.values():
             worker.request_stop()
         tasks = list(self._tasks.values())
@@ -433,6 +593,10 @@ class Supervisor:
 
     def _on_amqp_state(self, connected: bool) -> None:
         self.metrics.amqp_connected.set(1 if connected else 0)
+        if connected:
+            self._amqp_up.set()
+        else:
+            self._amqp_up.clear()
 
 
 def _samples_by(metric: Any, label: str, **match: str) -> dict[str, float]:

@@ -12,6 +12,7 @@ from typing import Any
 import aio_pika
 import aio_pika.abc
 from pamqp.common import FieldTable
+from yarl import URL
 
 from bridge.amqp.public_publisher import PublicApiPublisher
 from bridge.amqp.publisher import AmqpSink, PublisherHooks
@@ -46,8 +47,13 @@ class AmqpConnection:
         """``sink_class``: the per-endpoint sink implementation (see ``sink_factory``; the fast
         one by default). ``ssl_context``: for ``amqps://`` (a private CA, a client certificate;
         see ``bridge.tls``), None for the library's default."""
-        self._url = url
         self._ssl_context = ssl_context
+        # Several comma-separated URLs (a broker cluster): tried in order at start; after a loss
+        # aio-pika's reconnect loop is pointed at the next one every reconnect interval.
+        self._urls = [u.strip() for u in url.split(",") if u.strip()] or [url]
+        self._url_index = 0
+        self._rotation: asyncio.Task[None] | None = None
+        self._url = self._urls[0]
         self._sink_class = sink_class
         self._connection_name = connection_name
         self._publish_timeout = publish_timeout
@@ -59,12 +65,25 @@ class AmqpConnection:
         self._declared: dict[str, tuple[str, str | None, bool]] = {}
 
     async def start(self) -> None:
-        """Connect; raises the connection error if the broker is unreachable at start."""
-        conn = await aio_pika.connect_robust(
-            self._url,
-            client_properties={"connection_name": self._connection_name},
-            ssl_context=self._ssl_context,
-        )
+        """Connect; raises the connection error if no broker is reachable at start."""
+        conn: aio_pika.abc.AbstractRobustConnection | None = None
+        for index, url in enumerate(self._urls):
+            try:
+                conn = await aio_pika.connect_robust(
+                    url,
+                    client_properties={"connection_name": self._connection_name},
+                    ssl_context=self._ssl_context,
+                )
+            except Exception:
+                if index == len(self._urls) - 1:
+                    raise
+                log.warning(
+                    "AMQP broker %d of %d unreachable; trying the next", index + 1, len(self._urls)
+                )
+                continue
+            self._url_index = index
+            break
+        assert conn is not None
         conn.close_callbacks.add(self._on_close)
         conn.reconnect_callbacks.add(self._on_reconnect)
         self._connection = conn
@@ -184,6 +203,25 @@ class AmqpConnection:
         if exc is not None:
             log.warning("AMQP connection lost: %s", exc)
         self._report(False)
+        if len(self._urls) > 1 and self._connection is not None and self._rotation is None:
+            self._rotation = asyncio.get_running_loop().create_task(self._rotate_urls())
+
+    async def _rotate_urls(self) -> None:
+        """While disconnected: point aio-pika's reconnect loop (an attempt every reconnect
+        interval, each reading ``conn.url``) at the next URL, between attempts."""
+        conn = self._connection
+        try:
+            interval = float(getattr(conn, "reconnect_interval", 5.0))
+            # Attempts come about 1, 2, 3... intervals after the loss: switch at 0, 1.5, 2.5...
+            wait = interval * 1.5
+            while conn is not None and not conn.is_closed and not conn.connected.is_set():
+                self._url_index = (self._url_index + 1) % len(self._urls)
+                setattr(conn, "url", URL(self._urls[self._url_index]))  # noqa: B010
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(conn.connected.wait(), wait)
+                wait = interval
+        finally:
+            self._rotation = None
 
     def _on_reconnect(self, _sender: Any) -> None:
         log.info("AMQP connection re-established")

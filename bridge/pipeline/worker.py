@@ -105,7 +105,10 @@ class EndpointWorker:
         client_factory: ClientFactory = Client,
         positions: PositionKeeper | None = None,
         gap_sink: GapSink | None = None,
+        lease_epoch: int | None = None,
     ) -> None:
+        """``lease_epoch``: the epoch of the endpoint's lease when replicas coordinate through
+        RabbitMQ (on every message as ``cometd-lease-epoch``); None in ``file`` mode."""
         self.name = name
         self.config = config
         # Salesforce endpoints may leave ``url`` unset: it then comes from the token response
@@ -144,7 +147,9 @@ class EndpointWorker:
         )
         # orjson on both sides (decode in the client, encode the body) when it is installed:
         # ~12 % less CPU per message (bench/RESULTS.md); message ids never depend on it.
-        router = Router.from_settings(name, config, body_encoder=orjson_body_encoder())
+        router = Router.from_settings(
+            name, config, body_encoder=orjson_body_encoder(), lease_epoch=lease_epoch
+        )
         self._settlement = Settlement(
             router=router,
             sink=sink,
@@ -179,6 +184,8 @@ class EndpointWorker:
         self._pause_timer: asyncio.TimerHandle | None = None
         self._up = False
         self._failed = False
+        # The lease is lost: nothing more is received, acknowledged or stored (abandon()).
+        self._abandoned = False
         metrics.pending_capacity.set(config.max_pending_count)
 
     # -- state for /readyz, /status and the gauges -------------------------------------------
@@ -327,6 +334,17 @@ class EndpointWorker:
         """Stop fetching; :meth:`run` drains what was received and returns."""
         self._stopping.set()
 
+    def abandon(self) -> None:
+        """The endpoint's lease is lost (its AMQP connection or lease channel closed): stop at
+        once. The session ends without handing its buffer on, no position is written any more
+        (the flush task is cancelled; :meth:`close` must not be called), and what the sink had
+        unconfirmed is dropped by the caller: the new owner resumes from the shared position."""
+        self._abandoned = True
+        self._stopping.set()
+        task, self._keeper_task = self._keeper_task, None
+        if task is not None:
+            task.cancel()
+
     async def wait_settled(self) -> None:
         """Return once every message handed to the sink is settled."""
         await self._sink.wait_idle()
@@ -437,7 +455,8 @@ class EndpointWorker:
             # closed session still hands out its buffer, so nothing fetched is left behind.
             with contextlib.suppress(Exception):
                 await source.close()
-            await self._drain_buffer()
+            if not self._abandoned:
+                await self._drain_buffer()
             source.release()
 
     def _note_delivery(self) -> None:
@@ -534,7 +553,7 @@ class EndpointWorker:
 
     async def _drain_buffer(self) -> None:
         source = self._source
-        while source.pending_count:
+        while source.pending_count and not self._abandoned:
             try:
                 self._settlement.hand_over(await source.receive_many(max(1, source.pending_count)))
             except (ClientInvalidOperation, CometdError):

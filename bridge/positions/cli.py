@@ -111,6 +111,17 @@ def _replay_id(text: str) -> int:
 def run(args: argparse.Namespace, env: Mapping[str, str], out: IO[str] | None = None) -> int:
     """Execute the parsed ``positions`` command; returns the process exit code."""
     out = out or sys.stdout
+    if env.get("BRIDGE_COORDINATION") == "rabbitmq":
+        # The positions live in RabbitMQ; set/clear take the endpoint's lease first.
+        from aiormq.exceptions import AMQPError
+
+        from bridge.positions.rabbitmq_cli import LeaseBusy, run_rabbitmq
+
+        try:
+            return run_rabbitmq(args, env, out, _print_rows)
+        except (LeaseBusy, AMQPError, PositionStoreError, ValueError, OSError) as exc:
+            print(f"cometd-bridge positions: {exc}", file=sys.stderr)
+            return 1
     state_dir = args.state_dir or env.get("BRIDGE_STATE_DIR") or DEFAULT_STATE_DIR
     store = PositionStore(state_dir)
     command = args.positions_command

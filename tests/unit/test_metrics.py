@@ -69,13 +69,13 @@ def exercise(m: Metrics) -> None:
     ep.replay_gap("/event/Order__e")
     ep.possible_gap("session_expired")
     ep.duplicates_redelivered.inc()
+    m.endpoint_active.labels("orders").set(1)
+    m.lease_changes.labels("orders", "acquired").inc()
     # What the credential registry reports through PrometheusAuthHooks (the daemon's wiring).
     hooks = PrometheusAuthHooks(m.token_refreshes, m.token_expiry_timestamp)
     hooks.token_refreshed("orders", "success")
     hooks.token_expiry("orders", 1700003600.0)
     m.amqp_connected.set(1)
-    m.endpoint_active.labels("orders").set(1)
-    m.lease_changes.labels("orders", "acquired").inc()
     m.set_position_source(lambda: [("orders", "/event/Order__e", 1700000000.0)])
 
 
