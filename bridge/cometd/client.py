@@ -803,7 +803,7 @@ class Client:
             reply = replies.get(message["id"])
             if reply is not None and reply.get("successful") is True:
                 continue
-            # Never dropped silently (aiocometd D6): raised from receive() and reported.
+            # Never dropped silently: raised from receive() and reported.
             self._subscriptions.pop(channel, None)
             response = reply or {"channel": message["channel"], "subscription": channel}
             error = response.get("error")
@@ -816,7 +816,7 @@ class Client:
         first = self._first_connect
         message = self._factory.connect(transport.connection_type.value, first=first)
         # The poll deadline is always the server's hold time plus a network allowance, even
-        # when the last advice carried no timeout (aiocometd D3).
+        # when the last advice carried no timeout (advice is merged field by field).
         deadline = (0.0 if first else self._advice.timeout) + self._network_delay
         replies = await self._send([message], deadline)
         reply = replies.get(message["id"])
@@ -1014,7 +1014,7 @@ class Client:
                     ClientState.CLOSED,
                 )
             ):
-                # Server-side close (aiocometd D5 dropped it).
+                # Server-side close: the session ends; reported, never ignored.
                 self._set_fatal(ServerError(_CLOSED_BY_SERVER, message))
             # Anything else is a stale or unsolicited reply: discarded.
         if len(buffer) != before:
@@ -1093,7 +1093,7 @@ class Client:
             raise ClientInvalidOperation("The client is closed.")
 
     def _is_auth_failure(self, reply: Message) -> bool:
-        return classify_failure(reply) is FailureKind.AUTH
+        return classify_failure(reply).kind is FailureKind.AUTH
 
     def _now(self) -> float:
         return asyncio.get_running_loop().time()
