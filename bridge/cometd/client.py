@@ -10,7 +10,6 @@ import random
 from collections import deque
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import replace
-from enum import StrEnum
 from types import TracebackType
 from typing import Any
 
@@ -65,6 +64,7 @@ from .protocol import (
     is_event,
     validate_channel,
 )
+from .session_state import ClientState, Event, SessionState
 from .transports import Transport, TransportConfig, TransportHooks, create_transport
 
 
@@ -81,18 +81,6 @@ _MIN_KEEPALIVE = 0.1
 # A /meta/connect reply with no event sooner than this was not held: a server answering every
 # poll at once is paced (protocol.instant_reply_spacing) instead of polled in a hot loop.
 _INSTANT = 0.5
-
-
-class ClientState(StrEnum):
-    """Where the client is in its life (``Client.state``)."""
-
-    IDLE = "idle"
-    CONNECTING = "connecting"
-    CONNECTED = "connected"
-    RECONNECTING = "reconnecting"
-    PAUSED = "paused"
-    CLOSING = "closing"
-    CLOSED = "closed"
 
 
 def _reason_of(exc: TransportError) -> str:
@@ -202,8 +190,9 @@ class Client:
 
         self._factory = MessageFactory()
         self._advice = Advice()
-        self._state = ClientState.IDLE
-        self._closed = True
+        # Where the session is (open, connected, paused, closing...): the transition table of
+        # session_state.py; the flags below are what that table does not describe.
+        self._session_state = SessionState()
         self._session: aiohttp.ClientSession | None = None
         self._transports: dict[ConnectionType, Transport] = {}
         self._transport: Transport | None = None
@@ -222,10 +211,14 @@ class Client:
         self._fatal: CometdError | None = None
         self._wakeup = asyncio.Event()
         self._room = asyncio.Event()
-        self._fetch_paused = False
+        # The buffer filled (a pause) since the last successful connect: a session lost now
+        # expired because we stopped fetching (history, not the current state).
         self._paused_since_connect = False
-        self._polling = False  # a /meta/connect of the background task is in flight
-        self._closing = False
+        # A /meta/connect of the background task is in flight (close() disconnects first so
+        # the server answers it, instead of cancelling it and losing what it flushed).
+        self._polling = False
+        # The next /meta/connect asks for an immediate reply (after a handshake or a transport
+        # failure; an unsuccessful reply keeps the pace of the previous connect).
         self._first_connect = True
         self._attempt = 0
         self._unconnected_since: float | None = None
@@ -249,7 +242,7 @@ class Client:
     @property
     def closed(self) -> bool:
         """True before :meth:`open` and after :meth:`close`."""
-        return self._closed
+        return self._session_state.closed
 
     @property
     def subscriptions(self) -> set[str]:
@@ -282,7 +275,7 @@ class Client:
 
     @property
     def state(self) -> ClientState:
-        return self._state
+        return self._session_state.public
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -292,11 +285,10 @@ class Client:
         Raises TransportError (network), ServerError (refused) or ClientError (no common
         connection type) if the first session cannot be established.
         """
-        if not self._closed:
+        if not self._session_state.closed:
             raise ClientInvalidOperation("Client is already open.")
         self._reset()
-        self._closed = False
-        self._state = ClientState.CONNECTING
+        self._session_state.apply(Event.OPEN)
         self._session = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
         try:
             reply = await self._handshake()
@@ -324,10 +316,9 @@ class Client:
 
     async def close(self) -> None:
         """Disconnect politely (if connected) and release every resource. Idempotent."""
-        if self._closed:
+        if self._session_state.closed:
             return
-        self._state = ClientState.CLOSING
-        self._closing = True
+        self._session_state.apply(Event.CLOSE)
         self._space.set()  # a response held for room now drains into the buffer (see _admits)
         task, self._task = self._task, None
         held = self._holds_ack()
@@ -345,7 +336,7 @@ class Client:
         if polite and task is not None and not task.done() and self._polling:
             # Cancelling a held /meta/connect loses what the server flushes into it (it counts
             # those messages as delivered). Disconnect first: the server answers the held
-            # connect, and the task, seeing _closing, stops once it has taken that reply.
+            # connect, and the task, seeing the session closing, stops once it has taken that reply.
             await self._disconnect()
             disconnected = True
             await asyncio.wait({task}, timeout=min(self._network_delay, 2.0))
@@ -428,7 +419,7 @@ class Client:
                 message = self._buffer.popleft()
                 self._pending_bytes -= self._sizes.popleft()
                 self._space.set()
-                if self._fetch_paused and not self._full():
+                if self._session_state.paused and not self._full():
                     self._room.set()
                 return message
             await self._wait_for_message()
@@ -445,7 +436,7 @@ class Client:
                 sizes = self._sizes
                 self._pending_bytes -= sum(sizes.popleft() for _ in range(count))
                 self._space.set()
-                if self._fetch_paused and not self._full():
+                if self._session_state.paused and not self._full():
                     self._room.set()
                 return messages
             await self._wait_for_message()
@@ -473,7 +464,7 @@ class Client:
             fatal, self._fatal = self._fatal, None
             await self.close()
             raise fatal
-        if self._closed:
+        if self._session_state.closed:
             raise ClientInvalidOperation("The client is closed and there are no pending messages.")
         timeout = None
         if self.connection_timeout is not None and self._unconnected_since is not None:
@@ -493,7 +484,7 @@ class Client:
     async def _run(self, decision: Decision) -> None:
         error: str | None = None
         try:
-            while self._fatal is None and not self._closing:
+            while self._fatal is None and not self._session_state.closing:
                 if decision.action is Action.CLOSE:
                     break
                 if decision.reason is not None:
@@ -521,7 +512,7 @@ class Client:
             self._set_fatal(ClientError(f"CometD client task failed: {exc!r}"))
 
     async def _handshake_step(self) -> tuple[Decision, str | None]:
-        self._state = ClientState.RECONNECTING
+        self._session_state.apply(Event.SESSION_LOST)
         self._mark_unconnected()
         if self._factory.client_id is not None:
             # The previous session ends here; what the server kept for its ack goes with it.
@@ -566,9 +557,9 @@ class Client:
         try:
             reply = await self._connect()
         except TransportError as exc:
-            if self._closing:
+            if self._session_state.closing:
                 return Decision(Action.CLOSE), None
-            self._state = ClientState.RECONNECTING
+            self._session_state.apply(Event.SESSION_LOST)
             self._mark_unconnected()
             decision = self._transport_failure(exc, handshaking=False)
             if self._response_lost(exc):
@@ -578,7 +569,7 @@ class Client:
             return decision, str(exc)
         finally:
             self._polling = False
-        if self._closing:
+        if self._session_state.closing:
             # close() disconnected while this connect was held; its events are delivered.
             return Decision(Action.CLOSE), None
         multiple_clients = self._advice.multiple_clients
@@ -589,7 +580,7 @@ class Client:
             log.warning("the server reports multiple clients sharing this browser session")
         successful = reply.get("successful") is True
         if not successful:
-            self._state = ClientState.RECONNECTING
+            self._session_state.apply(Event.SESSION_LOST)
             self._mark_unconnected()
             if self._is_auth_failure(reply):
                 self._emit(AuthFailed(failure_text(reply)))
@@ -698,9 +689,8 @@ class Client:
         """
         if not self._full():
             return None
-        self._fetch_paused = True
         self._paused_since_connect = True
-        self._state = ClientState.PAUSED
+        self._session_state.apply(Event.PAUSE)
         self._emit(FetchPaused(len(self._buffer)))
         while self._full():
             self._room.clear()
@@ -714,11 +704,10 @@ class Client:
             if self._full():
                 failed = await self._keep_alive(shedder)
                 if failed is not None:
-                    self._fetch_paused = False
+                    # The keep-alive's failure already ended the pause in the session state.
                     self._emit(FetchResumed(len(self._buffer)))
                     return failed
-        self._fetch_paused = False
-        self._state = ClientState.CONNECTED
+        self._session_state.apply(Event.RESUME)
         self._emit(FetchResumed(len(self._buffer)))
         if self._now() - self._last_connected > self._advice.session_expiry:
             self._mark_unconnected()
@@ -736,7 +725,7 @@ class Client:
             return decision, error
         # Still paused: a session lost from now on is lost to the full buffer.
         self._paused_since_connect = True
-        self._state = ClientState.PAUSED
+        self._session_state.apply(Event.PAUSE)
         return None
 
     def _keepalive_pace(self) -> float:
@@ -926,7 +915,7 @@ class Client:
     def _admits(self, count: int, size: int) -> bool:
         """Whether ``count`` more events of ``size`` bytes in all fit in the buffer now."""
         buffered = len(self._buffer)
-        if (not buffered and count == 1) or self._closing:
+        if (not buffered and count == 1) or self._session_state.closing:
             # One message always fits an empty buffer, however large. Closing: the rest of a
             # held response is taken (the server counts it as delivered; receive() still
             # returns the buffer after close), not left in a socket about to be closed.
@@ -946,19 +935,19 @@ class Client:
         sends it again): memory stays flat however large the re-sent backlog.
         """
         shedder = self._response_shedder()
-        if shedder is not None and (self._shedding_response is not None or self._fetch_paused):
+        session = self._session_state
+        if shedder is not None and (self._shedding_response is not None or session.paused):
             return  # this response is being shed (a keep-alive, or held too long already)
-        if self._fetch_paused:  # already paused by the background task: no second event
+        if session.paused:  # already paused (the background task): no second event
             while not self._admits(1, size):
                 self._space.clear()
                 await self._space.wait()
             return
-        self._fetch_paused = True
-        state, self._state = self._state, ClientState.PAUSED
+        session.apply(Event.HOLD)
         self._emit(FetchPaused(len(self._buffer)))
         try:
             async with asyncio.timeout(self._keepalive_pace() if shedder else None):
-                while not self._admits(1, size) and not self._closed:
+                while not self._admits(1, size) and not session.closed:
                     self._space.clear()
                     await self._space.wait()
         except TimeoutError:
@@ -966,10 +955,8 @@ class Client:
             shedder.set_shedding(True)
             self._shedding_response = shedder
         finally:
-            self._fetch_paused = False
             self._held_until = self._now()
-            if self._state is ClientState.PAUSED:
-                self._state = state
+            session.apply(Event.RELEASE)
             self._emit(FetchResumed(len(self._buffer)))
 
     def _lost_to_held_response(self) -> bool:
@@ -1005,15 +992,7 @@ class Client:
                 buffer.append(message)
                 buffered.append(size)
                 added += size
-            elif (
-                message.get("channel") == META_DISCONNECT
-                and not self._closing
-                and self._state
-                not in (
-                    ClientState.CLOSING,
-                    ClientState.CLOSED,
-                )
-            ):
+            elif message.get("channel") == META_DISCONNECT and not self._session_state.closing:
                 # Server-side close: the session ends; reported, never ignored.
                 self._set_fatal(ServerError(_CLOSED_BY_SERVER, message))
             # Anything else is a stale or unsolicited reply: discarded.
@@ -1089,7 +1068,7 @@ class Client:
         return self._transport.connection_type.value if self._transport else None
 
     def _check_open(self) -> None:
-        if self._closed:
+        if self._session_state.closed:
             raise ClientInvalidOperation("The client is closed.")
 
     def _is_auth_failure(self, reply: Message) -> bool:
@@ -1116,8 +1095,8 @@ class Client:
         self._paused_since_connect = False
         self._last_connected = self._now()
         # PAUSED: a keep-alive connect; the client stays paused (FetchResumed comes later).
-        if self._state not in (ClientState.CONNECTED, ClientState.PAUSED):
-            self._state = ClientState.CONNECTED
+        before = self._session_state.state
+        if self._session_state.apply(Event.CONNECT_OK) is not before:
             self._emit(Connected())
 
     def _set_fatal(self, error: CometdError) -> None:
@@ -1137,14 +1116,12 @@ class Client:
 
     def _reset(self) -> None:
         self._fatal = None
-        self._closing = False
         self._errors.clear()
         self._advice = Advice()
         self._factory.client_id = None
         self._first_connect = True
         self._attempt = 0
         self._unconnected_since = None
-        self._fetch_paused = False
         self._paused_since_connect = False
         self._instant_streak = 0
         self._rehandshakes = 0
@@ -1163,8 +1140,7 @@ class Client:
         if self._session is not None:
             await self._session.close()
             self._session = None
-        self._closed = True
-        self._state = ClientState.CLOSED
+        self._session_state.apply(Event.TEARDOWN)
         self._room.set()
         self._space.set()
         self._wakeup.set()
