@@ -51,6 +51,7 @@ __all__ = [
     "parse_error",
     "classify_failure",
     "failure_text",
+    "refused_replay_id",
     "is_event",
     "MAX_ADVICE",
     "MAX_DEPTH",
@@ -342,6 +343,22 @@ def _raw_failure_reason(reply: Message) -> str | None:
     sfdc = ext.get("sfdc") if isinstance(ext, dict) else None
     reason = sfdc.get("failureReason") if isinstance(sfdc, dict) else None
     return reason if isinstance(reason, str) and reason else None
+
+
+# Salesforce: "400::The replayId {82} you provided was invalid. ..."; older API versions and
+# EMP report "400::The replayId for channel X wasn't found using the provided replay ID map".
+_REPLAY_ID_INVALID = re.compile(r"^400::The replayId \{(?P<id>-?\d+)\} you provided was invalid")
+_REPLAY_ID_NOT_FOUND = re.compile(r"^400::The replayId for channel .* wasn't found")
+
+
+def refused_replay_id(error: str) -> tuple[bool, int | None]:
+    """Whether a subscribe's ``error`` refuses its replay id (outside the server's retention),
+    and the refused id when the text names it. A refusal of kind OTHER for the decision
+    table: the subscriber, not the session loop, decides what a replay gap means."""
+    match = _REPLAY_ID_INVALID.match(error)
+    if match is not None:
+        return True, int(match.group("id"))
+    return _REPLAY_ID_NOT_FOUND.match(error) is not None, None
 
 
 def is_event(message: Message) -> bool:

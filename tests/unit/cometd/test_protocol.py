@@ -21,6 +21,7 @@ from bridge.cometd.protocol import (
     decide_connect,
     is_event,
     parse_error,
+    refused_replay_id,
     split_replies,
     validate_channel,
     validate_payload,
@@ -346,3 +347,16 @@ def test_ids_never_restart_and_first_connect_has_timeout_zero() -> None:
         factory.disconnect()["id"],
     ]
     assert ids == [str(n) for n in range(1, 8)]
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        ("400::The replayId {82} you provided was invalid. Please provide a valid ID", (True, 82)),
+        ("400::The replayId for channel /event/A wasn't found using the map {}", (True, None)),
+        ("400::Invalid connection type", (False, None)),
+        ("403::Too many requests", (False, None)),
+    ],
+)
+def test_refused_replay_id(error: str, expected: tuple[bool, int | None]) -> None:
+    assert refused_replay_id(error) == expected
