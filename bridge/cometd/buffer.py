@@ -26,16 +26,12 @@ class PrefetchBuffer(ClientCore):
 
     def _admits(self, count: int, size: int) -> bool:
         """Whether ``count`` more events of ``size`` bytes in all fit in the buffer now."""
-        buffered = len(self._buffer)
-        if (not buffered and count == 1) or self._session_state.closing:
-            # One message always fits an empty buffer, however large. Closing: the rest of a
-            # held response is taken (the server counts it as delivered; receive() still
-            # returns the buffer after close), not left in a socket about to be closed.
+        if self._session_state.closing:
+            # Closing: the rest of a held response is taken (the server counts it as
+            # delivered; receive() still returns the buffer after close), not left in a
+            # socket about to be closed.
             return True
-        if 0 < self._max_pending < buffered + count:
-            return False
-        limit = self._max_pending_bytes
-        return limit is None or self._pending_bytes + size <= limit
+        return self._pending.admits(count, size)
 
     async def _wait_room(self, size: int) -> None:
         """Hold a transport until one more event of ``size`` bytes fits in the buffer.
@@ -56,7 +52,7 @@ class PrefetchBuffer(ClientCore):
                 await self._space.wait()
             return
         session.apply(Event.HOLD)
-        self._emit(FetchPaused(len(self._buffer)))
+        self._emit(FetchPaused(len(self._pending)))
         try:
             async with asyncio.timeout(self._keepalive_pace() if shedder else None):
                 while not self._admits(1, size) and not session.closed:
@@ -69,7 +65,7 @@ class PrefetchBuffer(ClientCore):
         finally:
             self._held_until = self._now()
             session.apply(Event.RELEASE)
-            self._emit(FetchResumed(len(self._buffer)))
+            self._emit(FetchResumed(len(self._pending)))
 
     def _lost_to_held_response(self) -> bool:
         """A session lost now may have expired while a response was held (buffer full): the
@@ -95,20 +91,15 @@ class PrefetchBuffer(ClientCore):
         if self._replay_lost:
             # Replayed from the confirmed position by the coming re-handshake.
             return
-        buffer = self._buffer
-        buffered = self._sizes
-        before = len(buffer)
-        added = 0
+        pending = self._pending
+        before = len(pending)
         for message, size in zip(messages, sizes, strict=True):
             if is_event(message):
-                buffer.append(message)
-                buffered.append(size)
-                added += size
+                pending.append(message, size)
             elif message.get("channel") == META_DISCONNECT and not self._session_state.closing:
                 # Server-side close: the session ends; reported, never ignored.
                 self._set_fatal(ServerError(_CLOSED_BY_SERVER, message))
             # Anything else is a stale or unsolicited reply: discarded.
-        if len(buffer) != before:
-            self._delivered += len(buffer) - before
-            self._pending_bytes += added
+        if len(pending) != before:
+            self._delivered += len(pending) - before
             self._wakeup.set()

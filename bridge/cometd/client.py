@@ -85,16 +85,16 @@ class Client(Connector):
     @property
     def pending_count(self) -> int:
         """Messages received and not yet returned by :meth:`receive` (exact)."""
-        return len(self._buffer)
+        return len(self._pending)
 
     @property
     def pending_bytes(self) -> int:
         """Bytes of the pending messages as received (their encoded form; exact)."""
-        return self._pending_bytes
+        return self._pending.bytes
 
     @property
     def has_pending_messages(self) -> bool:
-        return bool(self._buffer)
+        return bool(self._pending)
 
     @property
     def client_id(self) -> str | None:
@@ -173,9 +173,9 @@ class Client(Connector):
             await asyncio.wait({task})
         if polite and not disconnected:
             await self._disconnect()
-        if self._buffer:
+        if self._pending:
             # Not lost: a closed client still returns its buffer from receive().
-            log.info("CometD client closed with %d messages still buffered", len(self._buffer))
+            log.info("CometD client closed with %d messages still buffered", len(self._pending))
         await self._teardown()
 
     async def _disconnect(self) -> None:
@@ -243,9 +243,8 @@ class Client(Connector):
         ClientInvalidOperation once closed with nothing left to return.
         """
         while True:
-            if self._buffer and not self._errors:
-                message = self._buffer.popleft()
-                self._pending_bytes -= self._sizes.popleft()
+            if self._pending and not self._errors:
+                message = self._pending.pop()
                 self._space.set()
                 if self._session_state.paused and not self._full():
                     self._room.set()
@@ -257,12 +256,8 @@ class Client(Connector):
         if limit < 1:
             raise ValueError("limit must be at least 1")
         while True:
-            if self._buffer and not self._errors:
-                buffer = self._buffer
-                count = min(limit, len(buffer))
-                messages = [buffer.popleft() for _ in range(count)]
-                sizes = self._sizes
-                self._pending_bytes -= sum(sizes.popleft() for _ in range(count))
+            if self._pending and not self._errors:
+                messages = self._pending.pop_many(limit)
                 self._space.set()
                 if self._session_state.paused and not self._full():
                     self._room.set()
@@ -285,7 +280,7 @@ class Client(Connector):
         # buffered messages, then the end of the session.
         if self._errors:
             raise self._errors.popleft()
-        if self._buffer:
+        if self._pending:
             return
         if self._fatal is not None:
             # Raised once; afterwards the closed client says ClientInvalidOperation.

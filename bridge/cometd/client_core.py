@@ -28,6 +28,7 @@ import aiohttp
 from .events import ClientEvent, Listener, ServerClosed
 from .exceptions import ClientInvalidOperation, CometdError, ServerError
 from .extensions import AuthExtension, Extension
+from .pending import PendingMessages
 from .protocol import (
     Advice,
     Backoff,
@@ -100,8 +101,6 @@ class ClientCore:
         self.auth = auth
         self.ssl = ssl
         self._connection_types = _connection_types(connection_types)
-        self._max_pending = max_pending_count
-        self._max_pending_bytes = max_pending_bytes
         self._headers = dict(headers or {})
         self._json_dumps = json_dumps
         self._json_loads = json_loads
@@ -127,9 +126,8 @@ class ClientCore:
         self._subscriptions: dict[str, None] = {}  # an ordered set
         # Subscribe requests in flight: their events may arrive before the reply does.
         self._subscribing: dict[str, int] = {}
-        self._buffer: deque[Message] = deque()
-        self._sizes: deque[int] = deque()  # parallel to _buffer: bytes as received
-        self._pending_bytes = 0
+        # Prefetched messages not yet returned by receive(), within the buffer's bound.
+        self._pending = PendingMessages(max_pending_count, max_pending_bytes)
         self._space = asyncio.Event()  # set when receive() takes from the buffer
         self._held_until: float | None = None  # when the last hold of a response ended
         # The extension shedding the rest of the current long-poll response (buffer full).
@@ -186,10 +184,7 @@ class ClientCore:
         return classify_failure(reply).kind is FailureKind.AUTH
 
     def _full(self) -> bool:
-        if 0 < self._max_pending <= len(self._buffer):
-            return True
-        limit = self._max_pending_bytes
-        return limit is not None and self._pending_bytes >= limit
+        return self._pending.full()
 
     def _keepalive_pace(self) -> float:
         # Well inside the server's maxInterval (counted from each reply); the held timeout

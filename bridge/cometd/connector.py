@@ -44,7 +44,7 @@ from .protocol import (
     failure_text,
     instant_reply_spacing,
 )
-from .session_state import Event
+from .session_state import Event, State
 from .wiring import TransportWiring
 
 
@@ -238,7 +238,7 @@ class Connector(TransportWiring):
             return None
         self._paused_since_connect = True
         self._session_state.apply(Event.PAUSE)
-        self._emit(FetchPaused(len(self._buffer)))
+        self._emit(FetchPaused(len(self._pending)))
         while self._full():
             self._room.clear()
             shedder = next((e for e in self.extensions if e.can_shed()), None)
@@ -252,10 +252,10 @@ class Connector(TransportWiring):
                 failed = await self._keep_alive(shedder)
                 if failed is not None:
                     # The keep-alive's failure already ended the pause in the session state.
-                    self._emit(FetchResumed(len(self._buffer)))
+                    self._emit(FetchResumed(len(self._pending)))
                     return failed
         self._session_state.apply(Event.RESUME)
-        self._emit(FetchResumed(len(self._buffer)))
+        self._emit(FetchResumed(len(self._pending)))
         if self._now() - self._last_connected > self._advice.session_expiry:
             self._mark_unconnected()
             return Decision(Action.HANDSHAKE, 0.0, "buffer_full"), None
@@ -408,8 +408,10 @@ class Connector(TransportWiring):
         self._paused_since_connect = False
         self._last_connected = self._now()
         # PAUSED: a keep-alive connect; the client stays paused (FetchResumed comes later).
-        before = self._session_state.state
-        if self._session_state.apply(Event.CONNECT_OK) is not before:
+        session = self._session_state
+        was_connected = session.connected or session.state is State.PAUSED
+        session.apply(Event.CONNECT_OK)
+        if session.connected and not was_connected:
             self._emit(Connected())
 
     def _next_attempt(self) -> int:

@@ -93,6 +93,11 @@ TRANSITIONS: dict[tuple[State, Event], State] = {
     (S.RECONNECTING, E.CONNECT_OK): S.CONNECTED,
     (S.PAUSED, E.CONNECT_OK): S.PAUSED,
     (S.CLOSING, E.CONNECT_OK): S.CLOSING,
+    # On WebSocket a frame may carry the connect reply ahead of events held for room: the
+    # session is connected while the rest of the frame waits.
+    (S.HELD_CONNECTING, E.CONNECT_OK): S.HELD_CONNECTED,
+    (S.HELD_RECONNECTING, E.CONNECT_OK): S.HELD_CONNECTED,
+    (S.HELD_CONNECTED, E.CONNECT_OK): S.HELD_CONNECTED,
     # A failure ends any pause or hold: the session must be rebuilt first. While closing a
     # failure changes nothing.
     (S.CONNECTED, E.SESSION_LOST): S.RECONNECTING,
@@ -118,7 +123,8 @@ TRANSITIONS: dict[tuple[State, Event], State] = {
     (S.CLOSING, E.RELEASE): S.CLOSING,
     (S.CLOSED, E.RELEASE): S.CLOSED,
     **{(state, E.CLOSE): S.CLOSING for state in (*_OPEN_STATES, S.CLOSING)},
-    **{(state, E.TEARDOWN): S.CLOSED for state in (*_OPEN_STATES, S.CLOSING)},
+    # Teardown is idempotent: open() failing after a concurrent close() tears down again.
+    **{(state, E.TEARDOWN): S.CLOSED for state in (*_OPEN_STATES, S.CLOSING, S.CLOSED)},
 }
 
 _PUBLIC = {
@@ -179,6 +185,13 @@ class SessionState:
     def paused(self) -> bool:
         """Fetching is paused for room in the buffer (by the background task or a transport)."""
         return self.state in _PAUSED
+
+    @property
+    def connected(self) -> bool:
+        """A connect kept the session (and no failure since), whether or not a transport
+        holds a response meanwhile. The background pause does not count: it may start
+        before the first connect of a new session."""
+        return self.state is State.CONNECTED or self.state is State.HELD_CONNECTED
 
     @property
     def held(self) -> bool:

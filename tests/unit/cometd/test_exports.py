@@ -18,6 +18,7 @@ MODULES = [
     "bridge.cometd.buffer",
     "bridge.cometd.wiring",
     "bridge.cometd.losses",
+    "bridge.cometd.pending",
     "bridge.cometd.session_state",
     "bridge.cometd.events",
     "bridge.cometd.exceptions",

@@ -43,6 +43,7 @@ def test_every_other_transition_raises(start: State, event: Event) -> None:
 def test_some_transitions_are_illegal() -> None:
     assert (State.IDLE, Event.CONNECT_OK) in ILLEGAL
     assert (State.CLOSED, Event.CLOSE) in ILLEGAL
+    assert (State.IDLE, Event.TEARDOWN) in ILLEGAL
     assert (State.CONNECTING, Event.SESSION_LOST) in ILLEGAL
 
 
@@ -76,6 +77,16 @@ def test_derived_views(state: State) -> None:
     assert session.closing is (state in (State.CLOSING, State.CLOSED))
     assert session.paused is (session.public is ClientState.PAUSED)
     assert session.held is (session.paused and state is not State.PAUSED)
+
+
+def test_a_connect_reply_ahead_of_a_held_frame_connects_the_held_session() -> None:
+    session = at(State.RECONNECTING)
+    session.apply(Event.HOLD)
+    assert not session.connected
+    session.apply(Event.CONNECT_OK)
+    assert session.connected
+    assert session.public is ClientState.PAUSED
+    assert session.apply(Event.RELEASE) is State.CONNECTED
 
 
 def test_a_hold_from_the_first_connect_still_ends_in_a_connected_event() -> None:
