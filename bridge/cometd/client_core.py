@@ -132,10 +132,10 @@ class ClientCore:
         self._held_until: float | None = None  # when the last hold of a response ended
         # The extension shedding the rest of the current long-poll response (buffer full).
         self._shedding_response: Extension | None = None
-        self._errors: deque[CometdError] = deque()
-        self._fatal: CometdError | None = None
-        self._wakeup = asyncio.Event()
-        self._room = asyncio.Event()
+        self._errors: deque[CometdError] = deque()  # failed resubscriptions, for receive()
+        self._fatal: CometdError | None = None  # what ends the session, raised by receive()
+        self._wakeup = asyncio.Event()  # receive() waiters: a message, an error, or a deadline
+        self._room = asyncio.Event()  # the paused background task: the buffer has room
         # The buffer filled (a pause) since the last successful connect: a session lost now
         # expired because we stopped fetching (history, not the current state).
         self._paused_since_connect = False
@@ -145,12 +145,14 @@ class ClientCore:
         # The next /meta/connect asks for an immediate reply (after a handshake or a transport
         # failure; an unsuccessful reply keeps the pace of the previous connect).
         self._first_connect = True
-        self._attempt = 0
+        self._attempt = 0  # consecutive failures: the backoff step
+        # Since when no connect has succeeded (None: connected); receive() raises after
+        # connection_timeout of it.
         self._unconnected_since: float | None = None
-        self._last_connected = 0.0
-        self._auth_lock = asyncio.Lock()
-        self._task: asyncio.Task[None] | None = None
-        self._clamp_logged = False
+        self._last_connected = 0.0  # loop time of the last successful connect
+        self._auth_lock = asyncio.Lock()  # one authenticate() at a time
+        self._task: asyncio.Task[None] | None = None  # the background loop (connector.py)
+        self._clamp_logged = False  # a clamped advice is logged once per client
         self._instant_streak = 0  # consecutive successful connect replies, instant and empty
         self._delivered = 0  # events taken by _deliver (to tell an empty reply)
         self._rehandshakes = 0  # handshakes since a session last worked
@@ -160,7 +162,7 @@ class ClientCore:
         # subscriptions replay them from the confirmed position.
         self._replay_lost = False
         self._frame_lost = False  # an undecodable frame closed the WebSocket
-        self._side_tasks: set[asyncio.Task[None]] = set()
+        self._side_tasks: set[asyncio.Task[None]] = set()  # socket closes, kept referenced
 
     def _emit(self, event: ClientEvent) -> None:
         if self._listener is None:
