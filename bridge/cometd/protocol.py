@@ -4,14 +4,20 @@ No sockets, no clock, no asyncio: time and randomness come in as arguments, so e
 here is unit-tested on plain dicts.
 
 Rule 1: advice is merged field by field; a reply that carries only ``reconnect`` keeps the
-        last known ``timeout``/``interval``/``maxInterval`` (aiocometd D3). Times are ms on the
-        wire and seconds everywhere else; the conversion happens in :meth:`Advice.merge` only.
+        last known ``timeout``/``interval``/``maxInterval`` (replacing the whole advice would
+        drop the poll timeout to its default and make the client misjudge a live poll as
+        hung). Times are ms on the wire and seconds everywhere else; the conversion happens
+        in :meth:`Advice.merge` only.
 Rule 2: what to do after a reply is decided by :func:`decide_connect`, :func:`decide_handshake`
         and :func:`decide_transport_error`; the server's ``reconnect`` advice is honoured on
-        successful *and* failed replies (aiocometd D5), failures back off with jitter (D4).
-Rule 3: an unknown session is a re-handshake, never an authentication failure (D7);
+        successful *and* failed replies (a server ends or moves a session by advice alone),
+        and failures back off with jitter (so many clients of one restarted server do not
+        retry in lockstep).
+Rule 3: an unknown session is a re-handshake, never an authentication failure (a token
+        refresh does not bring a lost session back, and wastes token requests);
         ``authenticate()`` is asked for only on real auth failures, followed by a fresh handshake.
-Rule 4: ids come from one counter per client that never restarts (D13).
+Rule 4: ids come from one counter per client that never restarts (a reply to a message of an
+        old session must never match a new message that reused its id).
 """
 
 from __future__ import annotations
@@ -36,12 +42,16 @@ __all__ = [
     "FailureKind",
     "Advice",
     "BayeuxError",
+    "Failure",
+    "LIMIT_LABELS",
+    "limit_label",
     "Backoff",
     "Decision",
     "MessageFactory",
     "parse_error",
     "classify_failure",
     "failure_text",
+    "refused_replay_id",
     "is_event",
     "MAX_ADVICE",
     "MAX_DEPTH",
@@ -205,9 +215,42 @@ def parse_error(error: object) -> BayeuxError | None:
 
 
 _UNKNOWN_SESSION_TEXTS = ("session unknown", "unknown session", "unknown client")
+_AUTH_TEXTS = ("authentication invalid", "request requires authentication", "invalid token")
+#: Words by which servers say a quota or rate limit is exhausted. ``403::Too many requests``
+#: is a quota like ``...limit exceeded``: retrying it soon only burns more of the same limit.
+_QUOTA_TEXTS = ("limit exceeded", "limit reached", "quota", "too many")
 _UNAUTHORIZED = 401
 _UNKNOWN = 402
 _FORBIDDEN = 403
+
+#: Every value :func:`limit_label` can return (a bounded metric label).
+LIMIT_LABELS = frozenset(
+    {
+        "concurrent_clients",
+        "daily_events",
+        "hourly_events",
+        "subscriptions",
+        "api_requests",
+        "other",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """What an unsuccessful reply means.
+
+    ``kind`` decides the client's next step (:func:`decide_connect`); ``limit`` is the bounded
+    label of an exhausted quota (QUOTA only); ``advice`` is the reply's own ``reconnect``
+    advice, if any; ``code`` and ``reason`` are the server's (Salesforce's ``failureReason``
+    when present, else ``error``), for logs only, never a metric label.
+    """
+
+    kind: FailureKind
+    code: int | None
+    reason: str
+    limit: str | None = None
+    advice: Reconnect | None = None
 
 
 def _normal(text: str) -> str:
@@ -229,46 +272,101 @@ def failure_text(reply: Message) -> str | None:
     """
     error = reply.get("error")
     text = error if isinstance(error, str) else None
-    ext = reply.get("ext")
-    sfdc = ext.get("sfdc") if isinstance(ext, dict) else None
-    reason = sfdc.get("failureReason") if isinstance(sfdc, dict) else None
-    if isinstance(reason, str) and reason:
+    reason = _raw_failure_reason(reply)
+    if reason:
         return f"{text} (failureReason: {reason})" if text else reason
     return text
 
 
-def classify_failure(reply: Message) -> FailureKind:
-    """Classify an unsuccessful reply (for the decision table, logs and metrics)."""
-    error = parse_error(reply.get("error"))
-    reason = _failure_reason(reply)
-    for parsed in (reason, error):
-        if parsed is None:
-            continue
-        text = _normal(parsed.message)
-        if parsed.code in (_UNAUTHORIZED, _UNKNOWN, _FORBIDDEN) and text.startswith(
+def limit_label(message: str) -> str:
+    """Map a quota/limit message to one of :data:`LIMIT_LABELS`."""
+    text = message.lower()
+    if "concurrent" in text:
+        return "concurrent_clients"
+    if "daily" in text:
+        return "daily_events"
+    if "hourly" in text:
+        return "hourly_events"
+    if "subscri" in text:
+        return "subscriptions"
+    if "request" in text or "api" in text:
+        return "api_requests"
+    return "other"
+
+
+def _kind_of(parsed: list[BayeuxError]) -> tuple[FailureKind, BayeuxError | None]:
+    """The failure's kind and the parsed text that decided it (``failureReason`` first)."""
+    for error in parsed:
+        text = _normal(error.message)
+        if error.code in (_UNAUTHORIZED, _UNKNOWN, _FORBIDDEN) and text.startswith(
             _UNKNOWN_SESSION_TEXTS
         ):
-            return FailureKind.UNKNOWN_SESSION
-    for parsed in (reason, error):
-        if parsed is None:
-            continue
-        text = _normal(parsed.message)
-        if parsed.code == _UNAUTHORIZED:
-            return FailureKind.AUTH
-        if "limit exceeded" in text:
-            return FailureKind.QUOTA
-    if (reason is not None and reason.code == _FORBIDDEN) or (
-        error is not None and error.code == _FORBIDDEN
-    ):
-        return FailureKind.DENIED
-    return FailureKind.OTHER
+            # Checked before auth: Faye says 401 for a lost session, which needs a
+            # re-handshake, not a new token.
+            return FailureKind.UNKNOWN_SESSION, error
+    for error in parsed:
+        text = _normal(error.message)
+        if any(word in text for word in _QUOTA_TEXTS):
+            return FailureKind.QUOTA, error
+        if error.code == _UNAUTHORIZED or any(word in text for word in _AUTH_TEXTS):
+            return FailureKind.AUTH, error
+    for error in parsed:
+        if error.code == _FORBIDDEN:
+            return FailureKind.DENIED, error
+    return FailureKind.OTHER, None
+
+
+def classify_failure(reply: Message) -> Failure:
+    """Classify an unsuccessful reply: the one reading of Bayeux error texts, used by the
+    decision table, events, logs and the daemon's metrics alike."""
+    reason = _failure_reason(reply)
+    error = parse_error(reply.get("error"))
+    parsed = [p for p in (reason, error) if p is not None]
+    kind, decisive = _kind_of(parsed)
+    raw_reason = _raw_failure_reason(reply)
+    raw_error = reply.get("error")
+    raw = raw_reason or (raw_error if isinstance(raw_error, str) else "")
+    first = parsed[0] if parsed else None
+    code = first.code if first is not None else None
+    limit = limit_label(decisive.message) if kind is FailureKind.QUOTA and decisive else None
+    advice = reply.get("advice")
+    reconnect = advice.get("reconnect") if isinstance(advice, dict) else None
+    typed = (
+        Reconnect(reconnect)
+        if isinstance(reconnect, str) and reconnect in _RECONNECT_VALUES
+        else None
+    )
+    return Failure(kind, code, raw, limit, typed)
+
+
+def _raw_failure_reason(reply: Message) -> str | None:
+    ext = reply.get("ext")
+    sfdc = ext.get("sfdc") if isinstance(ext, dict) else None
+    reason = sfdc.get("failureReason") if isinstance(sfdc, dict) else None
+    return reason if isinstance(reason, str) and reason else None
+
+
+# Salesforce: "400::The replayId {82} you provided was invalid. ..."; older API versions and
+# EMP report "400::The replayId for channel X wasn't found using the provided replay ID map".
+_REPLAY_ID_INVALID = re.compile(r"^400::The replayId \{(?P<id>-?\d+)\} you provided was invalid")
+_REPLAY_ID_NOT_FOUND = re.compile(r"^400::The replayId for channel .* wasn't found")
+
+
+def refused_replay_id(error: str) -> tuple[bool, int | None]:
+    """Whether a subscribe's ``error`` refuses its replay id (outside the server's retention),
+    and the refused id when the text names it. A refusal of kind OTHER for the decision
+    table: the subscriber, not the session loop, decides what a replay gap means."""
+    match = _REPLAY_ID_INVALID.match(error)
+    if match is not None:
+        return True, int(match.group("id"))
+    return _REPLAY_ID_NOT_FOUND.match(error) is not None, None
 
 
 def is_event(message: Message) -> bool:
     """True for a data message to deliver to the application, False for a reply.
 
-    Classify by ``successful`` first, then ``data`` (a publish reply may carry ``data``,
-    cometd#607); ``/meta/*`` messages are never events.
+    Classify by ``successful`` first, then ``data`` (a publish reply may echo the published
+    ``data``, and must not be delivered as an event); ``/meta/*`` messages are never events.
     """
     channel = message.get("channel")
     if not isinstance(channel, str) or channel.startswith("/meta/"):
@@ -401,7 +499,7 @@ def split_replies(
 ) -> tuple[dict[str, Message], list[Message]]:
     """Match received replies to sent messages; return ``(replies by sent id, the rest)``.
 
-    A reply matches by ``id``; a reply without ``id`` (D9, aiocometd#4) takes the first sent
+    A reply matches by ``id``; a reply without ``id`` (some servers omit it) takes the first sent
     message of the same channel still unanswered. Events and replies that match nothing
     (stale or unsolicited) are returned in arrival order in the rest.
     """
@@ -614,7 +712,7 @@ def decide_connect(
             delay = _handshake_delay(advice, rehandshakes, rnd, backoff)
             return Decision(Action.HANDSHAKE, delay, "server_advice")
         return Decision(Action.CONNECT, advice.interval) if advice.interval else POLL
-    kind = classify_failure(reply)
+    kind = classify_failure(reply).kind
     return _decide_failure(
         kind, reply, advice, attempt, rnd, now, unconnected_since, has_auth, backoff, rehandshakes
     )
@@ -632,7 +730,7 @@ def decide_handshake(
     """Decide after an unsuccessful ``/meta/handshake`` reply (a successful one connects)."""
     if reply.get("successful") is True:
         return Decision(Action.CONNECT)
-    kind = classify_failure(reply)
+    kind = classify_failure(reply).kind
     special = _auth_or_quota(kind, has_auth, attempt, rnd, backoff)
     if special is not None:
         return special

@@ -8,7 +8,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from bridge.auth.errors import limit_label
 from bridge.cometd.events import (
     AuthFailed,
     ClientEvent,
@@ -22,6 +21,7 @@ from bridge.cometd.events import (
     ServerClosed,
     SubscriptionFailed,
 )
+from bridge.cometd.protocol import limit_label
 
 
 if TYPE_CHECKING:

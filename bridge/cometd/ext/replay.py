@@ -17,12 +17,12 @@ position (resubscribing with the initial id would replay everything, or lose the
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from bridge.cometd.extensions import Extension, Headers, Payload
+from bridge.cometd.protocol import refused_replay_id
 
 
 __all__ = [
@@ -111,11 +111,6 @@ def _ext(message: dict[str, Any]) -> dict[str, Any]:
 
 # -- the invalid-replay-id failure -----------------------------------------------------------------
 
-# Salesforce: "400::The replayId {82} you provided was invalid. ..."; older API versions and
-# EMP report "400::The replayId for channel X wasn't found using the provided replay ID map".
-_INVALID_ID = re.compile(r"^400::The replayId \{(?P<id>-?\d+)\} you provided was invalid")
-_NOT_FOUND = re.compile(r"^400::The replayId for channel .* wasn't found")
-
 
 @dataclass(frozen=True, slots=True)
 class InvalidReplayId:
@@ -136,14 +131,13 @@ def invalid_replay_id(reply: Mapping[str, Any] | None) -> InvalidReplayId | None
     error = reply.get("error")
     if not isinstance(error, str):
         return None
-    match = _INVALID_ID.match(error)
-    if match is None and _NOT_FOUND.match(error) is None:
+    refused, replay_id = refused_replay_id(error)
+    if not refused:
         return None
     subscription = reply.get("subscription")
     if isinstance(subscription, list):
         subscription = subscription[0] if subscription else None
     channel = _replay_key(subscription) if isinstance(subscription, str) else ""
-    replay_id = int(match.group("id")) if match else None
     return InvalidReplayId(channel, replay_id, error)
 
 

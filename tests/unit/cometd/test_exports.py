@@ -13,6 +13,13 @@ from bridge.cometd import exceptions
 MODULES = [
     "bridge.cometd",
     "bridge.cometd.client",
+    "bridge.cometd.client_core",
+    "bridge.cometd.connector",
+    "bridge.cometd.buffer",
+    "bridge.cometd.wiring",
+    "bridge.cometd.losses",
+    "bridge.cometd.pending",
+    "bridge.cometd.session_state",
     "bridge.cometd.events",
     "bridge.cometd.exceptions",
     "bridge.cometd.extensions",

@@ -9,18 +9,24 @@ from hypothesis import given, strategies as st
 
 from bridge.cometd.exceptions import ServerError
 from bridge.cometd.protocol import (
+    LIMIT_LABELS,
     MAX_ADVICE,
+    Action,
     Advice,
+    Backoff,
     FailureKind,
     MessageFactory,
     Reconnect,
     classify_failure,
+    decide_connect,
     is_event,
     parse_error,
+    refused_replay_id,
     split_replies,
     validate_channel,
     validate_payload,
 )
+from tests.unit.cometd.failure_cases import CASES, IDS, QUOTA, sfdc_denied
 
 
 # -- error grammar ---------------------------------------------------------------------------
@@ -87,46 +93,36 @@ def test_server_error_without_response() -> None:
 # -- classification --------------------------------------------------------------------------
 
 
-def _fail(error: str, **extra: object) -> dict[str, object]:
-    return {"channel": "/meta/connect", "successful": False, "error": error, **extra}
+@pytest.mark.parametrize(("reply", "kind", "limit"), CASES, ids=IDS)
+def test_classify_failure(reply: dict[str, object], kind: FailureKind, limit: str | None) -> None:
+    failure = classify_failure(reply)
+    assert (failure.kind, failure.limit) == (kind, limit)
 
 
-@pytest.mark.parametrize(
-    ("reply", "kind"),
-    [
-        (_fail("402::session_unknown"), FailureKind.UNKNOWN_SESSION),
-        (_fail("402::unknown_session"), FailureKind.UNKNOWN_SESSION),
-        (_fail("402::Unknown client"), FailureKind.UNKNOWN_SESSION),
-        (_fail("402:xj3sjdsjdsjad:Unknown Client ID"), FailureKind.UNKNOWN_SESSION),
-        (_fail("401:abc:Unknown client"), FailureKind.UNKNOWN_SESSION),
-        (_fail("403::Unknown client"), FailureKind.UNKNOWN_SESSION),
-        (_fail("401::Authentication invalid"), FailureKind.AUTH),
-        (_fail("401::Request requires authentication"), FailureKind.AUTH),
-        (
-            _fail(
-                "403::Handshake denied",
-                ext={"sfdc": {"failureReason": "401::Authentication invalid"}},
-            ),
-            FailureKind.AUTH,
-        ),
-        (
-            _fail(
-                "403::Handshake denied",
-                ext={"sfdc": {"failureReason": "403::Organization concurrent user limit exceeded"}},
-            ),
-            FailureKind.QUOTA,
-        ),
-        (_fail("403::Organization total events daily limit exceeded"), FailureKind.QUOTA),
-        (_fail("403::Handshake denied"), FailureKind.DENIED),
-        (_fail("403::handshake_denied"), FailureKind.DENIED),
-        (_fail("403:c,/foo:Subscription denied"), FailureKind.DENIED),
-        (_fail("400::The replayId {82} you provided was invalid."), FailureKind.OTHER),
-        ({"channel": "/meta/connect", "successful": False}, FailureKind.OTHER),
-        (_fail("500::oops", ext="not a dict"), FailureKind.OTHER),
-    ],
-)
-def test_classify_failure(reply: dict[str, object], kind: FailureKind) -> None:
-    assert classify_failure(reply) is kind
+@pytest.mark.parametrize(("reply", "kind", "limit"), [c for c in CASES if c[1] is QUOTA])
+def test_every_quota_backs_off_as_a_quota(
+    reply: dict[str, object], kind: FailureKind, limit: str | None
+) -> None:
+    """A rate limit (``403::Too many requests``) waits as long as any exhausted quota."""
+    decision = decide_connect(
+        reply,
+        Advice(),
+        attempt=0,
+        rnd=lambda: 0.0,
+        now=0.0,
+        unconnected_since=None,
+        has_auth=True,
+    )
+    assert (decision.action, decision.reason) == (Action.HANDSHAKE, "quota")
+    assert decision.delay >= Backoff().quota / 2
+
+
+def test_failure_carries_code_reason_and_advice() -> None:
+    failure = classify_failure(sfdc_denied("401::Authentication invalid"))
+    assert failure.code == 401
+    assert failure.reason == "401::Authentication invalid"
+    assert failure.advice is Reconnect.NONE
+    assert classify_failure({"error": "x", "advice": {"reconnect": ["bad"]}}).advice is None
 
 
 _json = st.recursive(
@@ -138,7 +134,9 @@ _json = st.recursive(
 
 @given(st.dictionaries(st.sampled_from(["error", "ext", "advice", "channel", "x"]), _json))
 def test_classify_failure_total(reply: dict[str, object]) -> None:
-    assert classify_failure(reply) in FailureKind
+    failure = classify_failure(reply)
+    assert failure.kind in FailureKind
+    assert failure.limit is None or failure.limit in LIMIT_LABELS
 
 
 # -- advice ----------------------------------------------------------------------------------
@@ -349,3 +347,16 @@ def test_ids_never_restart_and_first_connect_has_timeout_zero() -> None:
         factory.disconnect()["id"],
     ]
     assert ids == [str(n) for n in range(1, 8)]
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        ("400::The replayId {82} you provided was invalid. Please provide a valid ID", (True, 82)),
+        ("400::The replayId for channel /event/A wasn't found using the map {}", (True, None)),
+        ("400::Invalid connection type", (False, None)),
+        ("403::Too many requests", (False, None)),
+    ],
+)
+def test_refused_replay_id(error: str, expected: tuple[bool, int | None]) -> None:
+    assert refused_replay_id(error) == expected
