@@ -49,6 +49,7 @@ from aio_pika.exceptions import (
 
 from bridge.amqp.frames import check_shortstr, encode_headers
 from bridge.amqp.publisher import NullHooks, Publishable, PublisherHooks, PublishResult
+from bridge.amqp.returns import ReturnAction, on_returned
 from bridge.pipeline.sink import retries_until_routed
 
 
@@ -520,41 +521,25 @@ class PublicApiPublisher:
         self._retries.add(handle)
 
     def _unroutable(self, e: _Entry, code: int, text: str) -> None:
-        msg = e.msg
-        if retries_until_routed(msg):
-            log.warning(
-                "unroutable dead letter returned by the broker (%d %s): endpoint=%s "
-                "message_id=%s exchange=%s; publishing it again",
-                code,
-                text,
-                self.endpoint,
-                msg.message_id,
-                e.exchange,
-            )
-            self._hooks.on_failure("unroutable", 1)
-            self._retry_later(e)
-            return
-        to_alternate = self._alternate is not None and e.exchange != self._alternate
-        log.warning(
-            "unroutable message returned by the broker (%d %s): endpoint=%s message_id=%s "
-            "exchange=%s routing_key=%s action=%s",
-            code,
-            text,
-            self.endpoint,
-            msg.message_id,
-            e.exchange,
-            msg.routing_key,
-            "alternate" if to_alternate else "logged",
+        action = on_returned(
+            e.msg,
+            exchange=e.exchange,
+            alternate=self._alternate,
+            code=code,
+            text=text,
+            endpoint=self.endpoint,
+            hooks=self._hooks,
+            log=log,
         )
-        if e.exchange == msg.exchange:  # count once per message, not again from the AE
-            self._hooks.on_unroutable("alternate" if to_alternate else "logged")
-        if to_alternate:
+        if action is ReturnAction.RETRY:
+            self._retry_later(e)
+        elif action is ReturnAction.ALTERNATE:
             assert self._alternate is not None
             e.exchange = self._alternate
             self._pending.appendleft(e)
             self._wake.set()
-            return
-        self._finish(e, PublishResult.RETURNED)
+        else:
+            self._finish(e, PublishResult.RETURNED)
 
     # -- timeouts ---------------------------------------------------------------------------
 
