@@ -16,7 +16,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from bridge.cli import main
 from bridge.positions import PositionStore, StoredPosition
 from bridge.settings import load_settings
 from bridge.supervisor import Supervisor
+from tests.e2e.test_endpoint_message_faults import eventually
 from tests.fakes.fake_bayeux import FakeBayeux
 from tests.fixtures.rabbitmq import unique_name
 
@@ -57,16 +58,6 @@ async def running_supervisor(env: dict[str, str]) -> AsyncIterator[Supervisor]:
         supervisor.stop()
         async with asyncio.timeout(30):
             await task
-
-
-async def eventually(check: Callable[[], bool], within: float, what: str) -> None:
-    """Wait (bounded) for in-process state that has no event of its own."""
-    try:
-        async with asyncio.timeout(within):
-            while not check():  # noqa: ASYNC110 - worker state has no notification
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        raise AssertionError(f"not within {within} s: {what}") from None
 
 
 def replay_endpoint(fake: FakeBayeux, exchange: str) -> dict[str, Any]:
