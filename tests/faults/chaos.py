@@ -159,14 +159,15 @@ async def inject(target: Target, kind: str, rng: random.Random) -> Fault:
         except AssertionError as exc:
             fault.detail = str(exc)[:80]
     elif kind == "reset":
+        await cometd.wait_connected()
         fault.hit = cometd.reset_all() > 0
     elif kind == "stall":
-        fault.hit = cometd.open_connections > 0
+        fault.hit = await cometd.wait_connected()
         cometd.stall()
         await asyncio.sleep(rng.uniform(0.5, 3.0))
         cometd.resume()
     elif kind == "throttle":
-        fault.hit = cometd.open_connections > 0
+        fault.hit = await cometd.wait_connected()
         cometd.set_throttle(20_000)
         await asyncio.sleep(rng.uniform(1.0, 4.0))
         cometd.set_throttle(None)
@@ -176,6 +177,7 @@ async def inject(target: Target, kind: str, rng: random.Random) -> Fault:
         await target.server.restart()
         fault.hit = True
     elif kind == "amqp_kill":
+        await amqp.wait_connected()
         closed = await asyncio.to_thread(close_by_name, target.connection_name())
         if closed is None:
             fault.kind = "amqp_reset"  # no usable broker CLI: kill it from the network side
@@ -183,9 +185,12 @@ async def inject(target: Target, kind: str, rng: random.Random) -> Fault:
         else:
             fault.hit = closed > 0
     elif kind == "amqp_reset":
+        await amqp.wait_connected()
         fault.hit = amqp.reset_all() > 0
     elif kind == "amqp_stall":
-        fault.hit = amqp.open_connections > 0
+        # Right after an AMQP kill or reset the bridge may still be reconnecting: a stall of
+        # a link with no connection on it is no fault at all.
+        fault.hit = await amqp.wait_connected()
         amqp.stall()
         await asyncio.sleep(rng.uniform(1.0, 4.0))
         amqp.resume()

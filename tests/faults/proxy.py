@@ -350,6 +350,7 @@ class FaultProxy:
         }
         self.cuts: list[CutReport] = []
         self._counted = asyncio.Event()
+        self._links_changed = asyncio.Event()
         self._links: set[_Link] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._server: asyncio.Server | None = None
@@ -397,6 +398,18 @@ class FaultProxy:
     @property
     def open_connections(self) -> int:
         return sum(1 for link in self._links if not link.closed)
+
+    async def wait_connected(self, *, within: float = 30.0) -> bool:
+        """Wait until at least one connection is open through the proxy (a client that was
+        just cut off reconnects); False if none opened within ``within`` seconds."""
+        try:
+            async with asyncio.timeout(within):
+                while self.open_connections == 0:
+                    self._links_changed.clear()
+                    await self._links_changed.wait()
+        except TimeoutError:
+            return False
+        return True
 
     # -- faults --------------------------------------------------------------------------------
 
@@ -517,6 +530,7 @@ class FaultProxy:
             return
         link = _Link(self, (reader, writer), server)
         self._links.add(link)
+        self._links_changed.set()
         self.count("connections")
         task = asyncio.current_task()
         if task is not None:
@@ -527,5 +541,6 @@ class FaultProxy:
                 await link.run()
         finally:
             self._links.discard(link)
+            self._links_changed.set()
             if task is not None:
                 self._tasks.discard(task)
