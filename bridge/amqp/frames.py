@@ -42,6 +42,11 @@ def _shortstr(value: str) -> bytes:
     return bytes((len(raw),)) + raw
 
 
+#: A str of at most this many characters fits a short string whatever it holds (UTF-8 takes
+#: at most 4 bytes a character): the per-message checks need not encode it.
+SHORTSTR_SAFE_CHARS: Final = 255 // 4
+
+
 def check_shortstr(what: str, value: object) -> None:
     """Raise ``ValueError``/``TypeError`` unless ``value`` fits an AMQP short string (a str of
     at most 255 UTF-8 bytes): exchange names, routing keys, header names, message ids."""

@@ -39,7 +39,7 @@ from aiormq.exceptions import ChannelNotFoundEntity
 from pamqp import commands as spec
 from pamqp.header import ContentHeader
 
-from bridge.amqp.frames import FrameEncoder, check_shortstr, encode_headers
+from bridge.amqp.frames import SHORTSTR_SAFE_CHARS, FrameEncoder, check_shortstr, encode_headers
 from bridge.amqp.returns import ReturnAction, on_returned
 from bridge.pipeline.sink import Publishable, PublishResult, retries_until_routed
 
@@ -207,8 +207,15 @@ class AmqpSink:
         if self._closing:
             raise RuntimeError(f"publisher for {self.endpoint!r} is closed")
         props = _properties(msg)
-        check_shortstr("exchange", msg.exchange)
-        check_shortstr("routing key", msg.routing_key)
+        exchange, key = msg.exchange, msg.routing_key
+        if not (
+            type(exchange) is str
+            and type(key) is str
+            and len(exchange) <= SHORTSTR_SAFE_CHARS
+            and len(key) <= SHORTSTR_SAFE_CHARS
+        ):
+            check_shortstr("exchange", exchange)
+            check_shortstr("routing key", key)
         if not isinstance(msg.body, bytes | bytearray | memoryview):
             raise TypeError(f"message body is {type(msg.body).__name__}, not bytes")
         self._pending.append(_Entry(msg, cast(DoneCallback, done), props))
@@ -611,14 +618,18 @@ class AmqpSink:
 
 def _properties(msg: Publishable) -> bytes:
     """Encode the content-header properties once, at submit, so bad input fails the caller."""
-    check_shortstr("message_id", msg.message_id)
-    for name in msg.headers:
-        check_shortstr("header name", name)
     try:
         headers = encode_headers(msg.headers)
+        return FrameEncoder.properties(len(msg.body), headers, msg.message_id, msg.timestamp)
     except (RecursionError, OverflowError) as exc:  # a header value nested or sized absurdly
         raise ValueError(f"headers cannot be encoded: {type(exc).__name__}") from None
-    return FrameEncoder.properties(len(msg.body), headers, msg.message_id, msg.timestamp)
+    except (ValueError, TypeError, AttributeError):
+        # The encoders only know that some string is too long or no string: name which one
+        # (checked here, not before encoding, to keep the per-message path short).
+        check_shortstr("message_id", msg.message_id)
+        for name in msg.headers:
+            check_shortstr("header name", name)
+        raise
 
 
 def _resolve(fut: asyncio.Future[PublishResult], _msg: Any, result: PublishResult) -> None:

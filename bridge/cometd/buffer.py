@@ -11,7 +11,7 @@ from .events import FetchPaused, FetchResumed
 from .exceptions import ServerError
 from .extensions import Extension
 from .protocol import META_DISCONNECT, ConnectionType, Message, is_event
-from .session_state import Event
+from .session_state import Event, State
 
 
 __all__ = ["PrefetchBuffer"]
@@ -26,7 +26,8 @@ class PrefetchBuffer(ClientCore):
 
     def _admits(self, count: int, size: int) -> bool:
         """Whether ``count`` more events of ``size`` bytes in all fit in the buffer now."""
-        if self._session_state.closing:
+        state = self._session_state.state  # the closing property inlined: runs per event
+        if state is State.CLOSING or state is State.CLOSED:
             # Closing: the rest of a held response is taken (the server counts it as
             # delivered; receive() still returns the buffer after close), not left in a
             # socket about to be closed.
@@ -91,15 +92,16 @@ class PrefetchBuffer(ClientCore):
         if self._replay_lost:
             # Replayed from the confirmed position by the coming re-handshake.
             return
-        pending = self._pending
-        before = len(pending)
+        append = self._pending.append
+        added = 0
         for message, size in zip(messages, sizes, strict=True):
             if is_event(message):
-                pending.append(message, size)
+                append(message, size)
+                added += 1
             elif message.get("channel") == META_DISCONNECT and not self._session_state.closing:
                 # Server-side close: the session ends; reported, never ignored.
                 self._set_fatal(ServerError(_CLOSED_BY_SERVER, message))
             # Anything else is a stale or unsolicited reply: discarded.
-        if len(pending) != before:
-            self._delivered += len(pending) - before
+        if added:
+            self._delivered += added
             self._wakeup.set()

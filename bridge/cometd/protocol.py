@@ -368,10 +368,10 @@ def is_event(message: Message) -> bool:
     Classify by ``successful`` first, then ``data`` (a publish reply may echo the published
     ``data``, and must not be delivered as an event); ``/meta/*`` messages are never events.
     """
-    channel = message.get("channel")
-    if not isinstance(channel, str) or channel.startswith("/meta/"):
+    if "data" not in message or "successful" in message:
         return False
-    return "successful" not in message and "data" in message
+    channel = message.get("channel")
+    return type(channel) is str and not channel.startswith("/meta/")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -407,9 +407,12 @@ def validate_payload(obj: object) -> tuple[list[Message], list[tuple[str, str]]]
     return messages, [(reason, detail) for reason, detail, _item in skipped]
 
 
-def split_payload(obj: object) -> tuple[list[Message], list[tuple[str, str, object]]]:
+def split_payload(
+    obj: object, *, shallow: bool = False
+) -> tuple[list[Message], list[tuple[str, str, object]]]:
     """:func:`validate_payload` with each skipped entry's item: ``(reason, detail, item)``
-    (the whole body when it is no list or object), so an application can keep what it got."""
+    (the whole body when it is no list or object), so an application can keep what it got.
+    ``shallow``: the caller knows no item nests deeper than MAX_DEPTH (no depth check)."""
     if isinstance(obj, dict):
         obj = [obj]
     if not isinstance(obj, list):
@@ -418,7 +421,7 @@ def split_payload(obj: object) -> tuple[list[Message], list[tuple[str, str, obje
     skipped: list[tuple[str, str, object]] = []
     # The exact walk costs microseconds per message; orjson serialises the whole body in a
     # fraction of that and fails exactly when some item nests deeper than MAX_DEPTH.
-    check_depth = not _shallow(obj)
+    check_depth = not shallow and not _shallow(obj)
     for item in obj:
         if check_depth and too_deep(item):
             skipped.append(("too_deep", describe_too_deep(item), item))

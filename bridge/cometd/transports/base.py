@@ -26,7 +26,7 @@ from ..exceptions import (
     WebSocketUpgradeRefused,
 )
 from ..payload_stream import Oversize, PayloadStream, PayloadStreamError
-from ..protocol import ConnectionType, Message, is_event, split_payload
+from ..protocol import MAX_DEPTH, ConnectionType, Message, is_event, split_payload
 
 
 __all__ = [
@@ -160,6 +160,7 @@ class Delivery:
         "_hooks",
         "_may_wait",
         "_route",
+        "_shallow",
         "_sizes",
     )
 
@@ -178,7 +179,8 @@ class Delivery:
         self._headers = headers
         self._held = held
         self._group: list[Any] = []
-        self._sizes: dict[int, int] = {}  # id(message) -> bytes: extensions may drop some
+        self._sizes: list[int] = []  # parallel to _group
+        self._shallow = True  # every item of the group is known not to nest too deep
         self._events = 0
         self._bytes = 0
 
@@ -198,20 +200,42 @@ class Delivery:
                     "oversize", f"message of {item.size} bytes (max_message_size exceeded)"
                 )
                 continue
-            await self.add(*item)
+            message, size = item
+            # An item of at most MAX_DEPTH bytes cannot nest deeper: a level takes a bracket.
+            shallow = size <= MAX_DEPTH
+            if not self.offer(message, size, shallow=shallow):
+                await self.add(message, size, shallow=shallow)
 
-    async def add(self, message: Any, size: int) -> None:
+    def offer(self, message: Any, size: int, *, shallow: bool = False) -> bool:
+        """Take one decoded item of ``size`` bytes if that needs no wait; False (nothing
+        taken) when it is an event the buffer has no room for yet: then ``await add()``.
+        ``shallow``: the item is known not to nest deeper than MAX_DEPTH (its encoded form
+        has fewer brackets than that), which spares the depth check."""
+        if type(message) is dict and is_event(message):
+            if self._may_wait and not self._hooks.admits(self._events + 1, self._bytes + size):
+                return False
+            self._events += 1
+            self._bytes += size
+        self._group.append(message)
+        self._sizes.append(size)
+        if not shallow:
+            self._shallow = False
+        return True
+
+    async def add(self, message: Any, size: int, *, shallow: bool = False) -> None:
         """Take one decoded item of ``size`` bytes (waiting for room if it is an event)."""
-        if self._may_wait and isinstance(message, dict) and is_event(message):
+        if isinstance(message, dict) and is_event(message):
             hooks = self._hooks
-            if not hooks.admits(self._events + 1, self._bytes + size):
+            if self._may_wait and not hooks.admits(self._events + 1, self._bytes + size):
                 await self.flush()
                 if not hooks.admits(1, size):
                     await self._wait_room(size)
             self._events += 1
             self._bytes += size
         self._group.append(message)
-        self._sizes[id(message)] = size
+        self._sizes.append(size)
+        if not shallow:
+            self._shallow = False
 
     async def _wait_room(self, size: int) -> None:
         hooks, held = self._hooks, self._held
@@ -228,15 +252,33 @@ class Delivery:
         group, sizes = self._group, self._sizes
         if not group:
             return
-        self._group, self._sizes, self._events, self._bytes = [], {}, 0, 0
+        shallow = self._shallow
+        only_events = self._events == len(group)
+        self._group, self._sizes, self._events, self._bytes = [], [], 0, 0
+        self._shallow = True
         hooks = self._hooks
-        messages, skipped = split_payload(group)
-        for reason, detail, item in skipped:
-            hooks.on_skipped(reason, detail, item)
+        if len(group) == 1 and shallow and type(one := group[0]) is dict:
+            # One message (every Faye frame): split_payload's walk reduced to its answer.
+            if type(one.get("channel")) is str:
+                messages = group
+            else:
+                messages = []
+                hooks.on_skipped(*split_payload(group, shallow=True)[1][0])
+        else:
+            messages, skipped = split_payload(group, shallow=shallow)
+            for reason, detail, item in skipped:
+                hooks.on_skipped(reason, detail, item)
         await hooks.incoming(messages, self._headers)
-        rest = self._route(messages)
-        if rest:
-            hooks.on_messages(rest, [sizes.get(id(m), 0) for m in rest])
+        # Routing matches replies to requests: a group of events alone passes through whole.
+        rest = messages if only_events else self._route(messages)
+        if not rest:
+            return
+        if len(rest) == 1 and len(group) == 1 and rest[0] is group[0]:
+            hooks.on_messages(rest, sizes)  # one message (a Faye frame): nothing to match
+            return
+        # Extensions and replies may have taken some messages: match sizes by identity.
+        by_id = {id(m): size for m, size in zip(group, sizes, strict=True)}
+        hooks.on_messages(rest, [by_id.get(id(m), 0) for m in rest])
 
 
 @contextlib.contextmanager

@@ -31,7 +31,7 @@ from ..exceptions import (
     TransportTimeoutError,
 )
 from ..payload_stream import PayloadStream, PayloadStreamError
-from ..protocol import META_CONNECT, ConnectionType, Message, is_event
+from ..protocol import MAX_DEPTH, META_CONNECT, ConnectionType, Message, is_event
 from .base import (
     Delivery,
     Transport,
@@ -132,10 +132,12 @@ class WebSocketTransport(Transport):
 
     async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         # This task must never die with an exception: every failure ends in _fail_all.
+        # One delivery for the connection's frames: each frame is flushed before the next.
+        delivery = Delivery(self.hooks, self._route, None, lambda on: self._hold(ws, on))
         try:
             async for frame in ws:
                 if frame.type is aiohttp.WSMsgType.TEXT:
-                    await self._handle(ws, frame.data)
+                    await self._handle(delivery, frame.data)
                 elif frame.type is aiohttp.WSMsgType.BINARY:
                     self.hooks.on_skipped(
                         "invalid_json", f"binary frame of {len(frame.data)} bytes"
@@ -162,12 +164,16 @@ class WebSocketTransport(Transport):
                 self._ws = None
             self._fail_all(TransportConnectionClosed("WebSocket closed"))
 
-    async def _handle(self, ws: aiohttp.ClientWebSocketResponse, text: str) -> None:
-        delivery = Delivery(self.hooks, self._route, None, lambda on: self._hold(ws, on))
+    async def _handle(self, delivery: Delivery, text: str) -> None:
         if len(text) <= _SMALL_FRAME:
             one = self._one_message(text)
             if one is not None:
-                await delivery.add(*one)
+                message, size = one
+                # Nesting takes a bracket a level: a frame with few of them is shallow
+                # without walking the message (Faye sends every event in its own frame).
+                shallow = size <= MAX_DEPTH or text.count("{") + text.count("[") <= MAX_DEPTH
+                if not delivery.offer(message, size, shallow=shallow):
+                    await delivery.add(message, size, shallow=shallow)
                 await delivery.flush()
                 return
         stream = PayloadStream(self.config.max_message_size, self.config.json_loads)
@@ -190,10 +196,13 @@ class WebSocketTransport(Transport):
             obj = self.config.json_loads(text)
         except (ValueError, TypeError, RecursionError):
             return None
-        if not isinstance(obj, list) or len(obj) != 1:
+        if type(obj) is not list or len(obj) != 1:
             return None
-        inner = text.strip()[1:-1].strip()
-        size = len(inner) if inner.isascii() else len(inner.encode())
+        if text[:2] == "[{" and text[-2:] == "}]" and text.isascii():
+            size = len(text) - 2  # the common frame: no white space around the message
+        else:
+            inner = text.strip()[1:-1].strip()
+            size = len(inner) if inner.isascii() else len(inner.encode())
         if size > self.config.max_message_size:
             return None
         return obj[0], size
