@@ -39,7 +39,9 @@ async def test_every_variant_delivers_every_message_exactly(bench: Bench, varian
     assert r.rate is not None
     assert r.rate > 0
     assert r.cpu_s is not None
-    assert r.cpu_s > 0
+    # Measured, though a few hundred messages can take less than one clock tick (10 ms) of
+    # CPU in our own publisher: zero is a reading, a negative figure a bug.
+    assert r.cpu_s >= 0
     assert r.peak_rss_mb is not None
     assert r.peak_rss_mb > 0
     if not variant.startswith("publish-only"):

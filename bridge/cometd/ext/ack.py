@@ -134,8 +134,14 @@ class AckExtension(Extension):
 
     @property
     def outstanding(self) -> int:
-        """Messages of this session received but not yet confirmed."""
-        return sum(b.outstanding for b in self._batches)
+        """Messages of this session received but not yet confirmed: in recorded batches, in
+        the part of a response read before its batch number, and carried to a later batch."""
+        total = sum(b.outstanding for b in self._batches)
+        total += sum(c.outstanding for c in self._carried)
+        opened = self._open
+        if opened is not None:
+            total += opened.new - opened.confirmed
+        return total
 
     @staticmethod
     def ack_tag_of(message: Mapping[str, Any]) -> AckTag | None:
