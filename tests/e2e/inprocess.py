@@ -19,9 +19,12 @@ from bridge.supervisor import Supervisor
 __all__ = ["endpoint_up", "eventually", "metric", "running_supervisor", "supervisor_env"]
 
 
-def supervisor_env(amqp_url: str, tmp_path: Path, endpoints: dict[str, Any]) -> dict[str, str]:
-    """The variables of a bridge on ``amqp_url`` with its state in ``tmp_path/state`` (also
-    what ``python -m bridge run`` is given where a test needs the process)."""
+def supervisor_env(
+    amqp_url: str, tmp_path: Path, endpoints: dict[str, Any], **extra: str
+) -> dict[str, str]:
+    """The variables of a bridge on ``amqp_url`` with its state in ``tmp_path/state``, plus
+    ``extra`` ones (also what ``python -m bridge run`` is given where a test needs the
+    process)."""
     return {
         "BRIDGE_AMQP_URL": amqp_url,
         "BRIDGE_ENDPOINTS": json.dumps(endpoints),
@@ -29,16 +32,18 @@ def supervisor_env(amqp_url: str, tmp_path: Path, endpoints: dict[str, Any]) -> 
         "BRIDGE_HTTP_PORT": "0",
         "BRIDGE_STATE_DIR": str(tmp_path / "state"),
         "BRIDGE_SHUTDOWN_TIMEOUT": "5",
+        **extra,
     }
 
 
 @contextlib.asynccontextmanager
 async def running_supervisor(
-    amqp_url: str, tmp_path: Path, endpoints: dict[str, Any]
+    amqp_url: str, tmp_path: Path, endpoints: dict[str, Any], **extra: str
 ) -> AsyncIterator[Supervisor]:
     """Run the supervisor until the block ends, then stop it (bounded) and check that it
     left nothing it received unconfirmed."""
-    supervisor = Supervisor(load_settings(supervisor_env(amqp_url, tmp_path, endpoints)))
+    env = supervisor_env(amqp_url, tmp_path, endpoints, **extra)
+    supervisor = Supervisor(load_settings(env))
     task = asyncio.create_task(supervisor.run())
     try:
         yield supervisor
