@@ -108,24 +108,28 @@ def stamped(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> Any:
     return event
 
 
-async def refused_attempts(logs: list[MutableMapping[str, Any]], count: int) -> list[Any]:
-    """Wait (bounded) for ``count`` refused connection attempts; returns their log lines."""
-
-    def failures() -> list[MutableMapping[str, Any]]:
-        return [e for e in logs if e["event"] == FAILED]
-
-    await eventually(lambda: len(failures()) >= count, 30, f"{count} refused AMQP connects")
-    lines = failures()
+async def refused_attempts(url: str, tmp_path: Path, count: int, **tls_files: str) -> list[Any]:
+    """Run the supervisor on ``url`` with ``tls_files`` until ``count`` connection attempts
+    were refused (bounded; it never connects, and /readyz says so); returns their log lines
+    after checking that they were backed off: each retry waited at least half a second, and
+    what it said it would (no hot loop)."""
+    with structlog.testing.capture_logs(processors=[stamped]) as logs:
+        # The endpoint is never reached: the bridge opens no endpoint without RabbitMQ.
+        unreached = endpoints("http://127.0.0.1:9/cometd", unique_name("tls"))
+        async with running_supervisor(url, tmp_path, unreached, **tls_files) as sup:
+            await eventually(
+                lambda: sum(e["event"] == FAILED for e in logs) >= count,
+                30,
+                f"{count} refused AMQP connects",
+            )
+            assert sup.ready() == (False, "AMQP connection down")
     assert not [e for e in logs if e["event"] == "AMQP connected"]
-    return lines
-
-
-def assert_backed_off(attempts: list[Any]) -> None:
-    """No hot loop: each retry waited at least half a second, and what it said it would."""
+    attempts = [e for e in logs if e["event"] == FAILED]
     for before, after in itertools.pairwise(attempts):
         assert before["retry_in"] >= 0.5, before
         # retry_in is logged rounded to 0.1 s
         assert after["at"] - before["at"] >= before["retry_in"] - 0.05, (before, after)
+    return attempts
 
 
 async def test_the_daemon_publishes_over_tls_trusting_the_ca_file(
@@ -155,19 +159,11 @@ async def test_the_daemon_publishes_over_tls_trusting_the_ca_file(
 async def test_with_another_ca_the_broker_is_refused_naming_verification_with_backoff(
     tls_node: RabbitNode, pki: Pki, tmp_path: Path
 ) -> None:
-    with structlog.testing.capture_logs(processors=[stamped]) as logs:
-        async with running_supervisor(
-            tls_node.tls_url(SERVER_AUTH),
-            tmp_path,
-            endpoints("http://127.0.0.1:9/cometd", unique_name("tls")),  # never reached
-            BRIDGE_AMQP_CA_FILE=str(pki.other_ca),
-        ) as sup:
-            attempts = await refused_attempts(logs, 3)
-            assert sup.ready() == (False, "AMQP connection down")
+    url = tls_node.tls_url(SERVER_AUTH)
+    attempts = await refused_attempts(url, tmp_path, 3, BRIDGE_AMQP_CA_FILE=str(pki.other_ca))
     for attempt in attempts:
         assert "CERTIFICATE_VERIFY_FAILED" in attempt["error"], attempt
         assert "certificate verify failed" in attempt["error"], attempt
-    assert_backed_off(attempts)
 
 
 async def test_mutual_tls_publishes_with_the_client_certificate(
@@ -196,19 +192,11 @@ async def test_mutual_tls_publishes_with_the_client_certificate(
 async def test_mutual_tls_without_the_client_certificate_is_refused_with_backoff(
     tls_node: RabbitNode, pki: Pki, tmp_path: Path
 ) -> None:
-    with structlog.testing.capture_logs(processors=[stamped]) as logs:
-        async with running_supervisor(
-            tls_node.tls_url(MUTUAL),
-            tmp_path,
-            endpoints("http://127.0.0.1:9/cometd", unique_name("tls")),  # never reached
-            BRIDGE_AMQP_CA_FILE=str(pki.ca),
-        ) as sup:
-            attempts = await refused_attempts(logs, 3)
-            assert sup.ready() == (False, "AMQP connection down")
+    url = tls_node.tls_url(MUTUAL)
+    attempts = await refused_attempts(url, tmp_path, 3, BRIDGE_AMQP_CA_FILE=str(pki.ca))
     for attempt in attempts:
         # TLS 1.3: the broker refuses after the client's handshake is done, with the alert
         # "certificate required"; the bridge has sent its AMQP header by then, and the reset
         # of the closed socket can discard that alert before it is read.
         error = attempt["error"]
         assert "CERTIFICATE_REQUIRED" in error or "Connection reset by peer" in error, attempt
-    assert_backed_off(attempts)
