@@ -1,4 +1,5 @@
-"""End-to-end fixtures: a test consumer queue in RabbitMQ and endpoint configuration helpers."""
+"""End-to-end fixtures: a test consumer queue in RabbitMQ, a Salesforce-like server, and
+endpoint configuration helpers."""
 
 from __future__ import annotations
 
@@ -10,6 +11,11 @@ import pytest
 
 from tests.e2e.harness import QueueCollector
 from tests.fixtures.rabbitmq import unique_name
+from tests.integration.noloss.conftest import (
+    SalesforceFactory,
+    SalesforceServer,
+    salesforce_factory,  # noqa: F401 (the fixture)
+)
 
 
 @pytest.fixture
@@ -26,6 +32,14 @@ async def collector(amqp_url: str, exchange_name: str) -> AsyncIterator[QueueCol
         yield c
     finally:
         await c.close()
+
+
+@pytest.fixture
+def sf_server(request: pytest.FixtureRequest) -> SalesforceServer:
+    """A Salesforce-like server: replay on, no ack, 2 s reconnect budget (stopped at teardown
+    by ``salesforce_factory``)."""
+    factory: SalesforceFactory = request.getfixturevalue("salesforce_factory")
+    return factory()
 
 
 def bridge_env(tmp_path: Any, endpoints: dict[str, dict[str, Any]], **extra: str) -> dict[str, str]:

@@ -18,15 +18,14 @@ import pytest
 
 from bridge.supervisor import Supervisor
 from tests.e2e.harness import QueueCollector
+from tests.e2e.inprocess import endpoint_up, eventually, metric, running_supervisor
 from tests.e2e.test_endpoint_message_faults import (
     LONG,
     PREFIX,
     SHORT,
-    eventually,
     malformed,
     nested_json,
     poison_first,
-    running_supervisor,
 )
 from tests.fakes.fake_bayeux import FakeBayeux, patch_reply
 from tests.fixtures.rabbitmq import unique_name
@@ -78,8 +77,7 @@ async def dead_letters(
 
 
 def sample(sup: Supervisor, name: str, **labels: str) -> float:
-    value = sup.metrics.registry.get_sample_value(name, {"endpoint": "ep", **labels})
-    return value or 0
+    return metric(sup, name, endpoint="ep", **labels)
 
 
 def position(sup: Supervisor, channel: str) -> Any:
@@ -114,7 +112,7 @@ async def test_a_poison_event_is_dead_lettered_and_the_position_moves_over_it_on
         fake_bayeux, exchange_name, dead_letter_exchange=dead_letters._exchange
     )
     async with running_supervisor(amqp_url, tmp_path, {"ep": endpoint}) as sup:
-        await eventually(lambda: "ep" in sup.workers and sup.workers["ep"].up, 20, "endpoint up")
+        await endpoint_up(sup)
         fake_bayeux.publish(LONG, {"event": {"replayId": 4}, "seq": 4})
         for rid in (1, 2, 3):
             fake_bayeux.publish(SHORT, {"event": {"replayId": rid}, "seq": rid})
@@ -175,9 +173,7 @@ async def test_a_message_nacked_max_nacks_times_is_dead_lettered(
     await refusing.bind(exchange, "#")
     try:
         async with running_supervisor(amqp_url, tmp_path, {"ep": endpoint}) as sup:
-            await eventually(
-                lambda: "ep" in sup.workers and sup.workers["ep"].up, 20, "endpoint up"
-            )
+            await endpoint_up(sup)
             await dead_letters.bind()
             fake_bayeux.publish(SHORT, {"event": {"replayId": 1}, "seq": 1})
             await dead_letters.wait_for(1)
@@ -205,7 +201,7 @@ async def test_without_a_dead_letter_exchange_a_poison_event_is_skipped_as_befor
 ) -> None:
     endpoint = replay_endpoint(fake_bayeux, exchange_name, dead_letter_exchange=None)
     async with running_supervisor(amqp_url, tmp_path, {"ep": endpoint}) as sup:
-        await eventually(lambda: "ep" in sup.workers and sup.workers["ep"].up, 20, "endpoint up")
+        await endpoint_up(sup)
         fake_bayeux.publish(LONG, {"event": {"replayId": 4}, "seq": 4})
         fake_bayeux.publish(SHORT, {"event": {"replayId": 1}, "seq": 1})
         await collector.wait_for(1, within=20)
@@ -233,7 +229,7 @@ async def test_a_message_the_client_refuses_as_too_deep_is_dead_lettered_as_rece
         "dead_letter_exchange": dead_letters._exchange,
     }
     async with running_supervisor(amqp_url, tmp_path, {"ep": endpoint}) as sup:
-        await eventually(lambda: "ep" in sup.workers and sup.workers["ep"].up, 20, "endpoint up")
+        await endpoint_up(sup)
         await dead_letters.bind()
         for seq in range(1, 4):
             fake_bayeux.publish(SHORT, {"seq": seq})
@@ -273,14 +269,12 @@ async def test_the_default_dead_letter_exchange_keeps_dead_letters_in_its_own_qu
         "exchange": exchange_name,
     }
     async with running_supervisor(amqp_url, tmp_path, {name: endpoint}) as sup:
-        await eventually(lambda: name in sup.workers and sup.workers[name].up, 20, "endpoint up")
+        await endpoint_up(sup, name)
         fake_bayeux.publish(SHORT, {"seq": 1})
         await collector.wait_for(1, within=20)
         await eventually(
             lambda: (
-                sup.metrics.registry.get_sample_value(
-                    "cometd_bridge_dead_lettered_total", {"endpoint": name, "reason": "too_deep"}
-                )
+                metric(sup, "cometd_bridge_dead_lettered_total", endpoint=name, reason="too_deep")
                 == 1
             ),
             15,

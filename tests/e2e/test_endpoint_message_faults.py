@@ -4,10 +4,7 @@ fake Bayeux server (it can put a hand-made body on the wire)."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +12,9 @@ import pytest
 
 from bridge.demo.bayeux_server import Exchange
 from bridge.demo.protocol import Message
-from bridge.settings import load_settings
 from bridge.supervisor import Supervisor
 from tests.e2e.harness import QueueCollector
+from tests.e2e.inprocess import endpoint_up, eventually, metric, running_supervisor
 from tests.fakes.fake_bayeux import Action, FakeBayeux, patch_reply
 
 
@@ -30,45 +27,8 @@ PREFIX = "bridge." + "p" * 180
 LONG = "/event/" + "L" * 80
 
 
-@contextlib.asynccontextmanager
-async def running_supervisor(
-    amqp_url: str, tmp_path: Path, endpoints: dict[str, Any]
-) -> AsyncIterator[Supervisor]:
-    settings = load_settings(
-        {
-            "BRIDGE_AMQP_URL": amqp_url,
-            "BRIDGE_ENDPOINTS": json.dumps(endpoints),
-            "BRIDGE_HTTP_HOST": "127.0.0.1",
-            "BRIDGE_HTTP_PORT": "0",
-            "BRIDGE_STATE_DIR": str(tmp_path / "state"),
-            "BRIDGE_SHUTDOWN_TIMEOUT": "5",
-        }
-    )
-    supervisor = Supervisor(settings)
-    task = asyncio.create_task(supervisor.run())
-    try:
-        yield supervisor
-    finally:
-        supervisor.stop()
-        async with asyncio.timeout(30):
-            await task
-
-
-async def eventually(check: Callable[[], bool], within: float, what: str) -> None:
-    """Wait (bounded) for in-process state that has no event of its own."""
-    try:
-        async with asyncio.timeout(within):
-            while not check():  # noqa: ASYNC110 - worker state has no notification
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        raise AssertionError(f"not within {within} s: {what}") from None
-
-
 def malformed(sup: Supervisor, reason: str) -> float:
-    labels = {"endpoint": "ep", "reason": reason}
-    return (
-        sup.metrics.registry.get_sample_value("cometd_bridge_malformed_messages_total", labels) or 0
-    )
+    return metric(sup, "cometd_bridge_malformed_messages_total", endpoint="ep", reason=reason)
 
 
 async def test_a_routing_key_over_255_bytes_is_counted_and_later_messages_are_published(
@@ -87,7 +47,7 @@ async def test_a_routing_key_over_255_bytes_is_counted_and_later_messages_are_pu
         "routing_key": PREFIX + ".{channel_path}",
     }
     async with running_supervisor(amqp_url, tmp_path, {"ep": endpoint}) as sup:
-        await eventually(lambda: "ep" in sup.workers and sup.workers["ep"].up, 20, "endpoint up")
+        await endpoint_up(sup)
         fake_bayeux.publish(LONG, {"seq": 0})
         await eventually(lambda: malformed(sup, "unpublishable") == 1, 15, "long key counted")
         for seq in range(1, 6):
@@ -145,7 +105,7 @@ async def test_a_message_nested_1000_levels_is_skipped_and_the_rest_of_its_batch
     # that will carry the events is already held by the time the endpoint is up.
     fake_bayeux.on("/meta/connect", poison_first(poison))
     async with running_supervisor(amqp_url, tmp_path, {"ep": endpoint}) as sup:
-        await eventually(lambda: "ep" in sup.workers and sup.workers["ep"].up, 20, "endpoint up")
+        await endpoint_up(sup)
         for seq in range(1, 6):
             fake_bayeux.publish(SHORT, {"seq": seq})
         await collector.wait_for(5, within=20)
@@ -183,7 +143,7 @@ async def test_a_poison_event_on_a_replay_endpoint_is_skipped_and_the_position_m
         return positions.get(SHORT, {}).get("replay_id")
 
     async with running_supervisor(amqp_url, tmp_path, {"ep": endpoint}) as sup:
-        await eventually(lambda: "ep" in sup.workers and sup.workers["ep"].up, 20, "endpoint up")
+        await endpoint_up(sup)
         assert sup.workers["ep"].replay_active
         for rid in [1, 2, 3, 4, 5, 7, 8, 9]:
             fake_bayeux.publish(SHORT, {"event": {"replayId": rid}, "seq": rid})
@@ -194,6 +154,6 @@ async def test_a_poison_event_on_a_replay_endpoint_is_skipped_and_the_position_m
 
     # The next start resumes after the poison event: it is not replayed first again.
     async with running_supervisor(amqp_url, tmp_path, {"ep": endpoint}) as sup:
-        await eventually(lambda: "ep" in sup.workers and sup.workers["ep"].up, 20, "endpoint up")
+        await endpoint_up(sup)
     subscribes = fake_bayeux.messages("/meta/subscribe")
     assert subscribes[-1]["ext"]["replay"] == {SHORT: 9}

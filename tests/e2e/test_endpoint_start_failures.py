@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +24,8 @@ import pytest
 
 from bridge.cli import main
 from bridge.positions import PositionStore, StoredPosition
-from bridge.settings import load_settings
 from bridge.supervisor import Supervisor
-from tests.e2e.test_endpoint_message_faults import eventually
+from tests.e2e.inprocess import endpoint_up, eventually, running_supervisor, supervisor_env
 from tests.fakes.fake_bayeux import FakeBayeux
 from tests.fixtures.rabbitmq import unique_name
 
@@ -35,29 +33,6 @@ from tests.fixtures.rabbitmq import unique_name
 pytestmark = pytest.mark.integration
 
 CHANNEL = "/event/Order__e"
-
-
-def settings_env(amqp_url: str, state: Path, endpoints: dict[str, Any]) -> dict[str, str]:
-    return {
-        "BRIDGE_AMQP_URL": amqp_url,
-        "BRIDGE_ENDPOINTS": json.dumps(endpoints),
-        "BRIDGE_HTTP_HOST": "127.0.0.1",
-        "BRIDGE_HTTP_PORT": "0",
-        "BRIDGE_STATE_DIR": str(state),
-        "BRIDGE_SHUTDOWN_TIMEOUT": "5",
-    }
-
-
-@contextlib.asynccontextmanager
-async def running_supervisor(env: dict[str, str]) -> AsyncIterator[Supervisor]:
-    supervisor = Supervisor(load_settings(env))
-    task = asyncio.create_task(supervisor.run())
-    try:
-        yield supervisor
-    finally:
-        supervisor.stop()
-        async with asyncio.timeout(30):
-            await task
 
 
 def replay_endpoint(fake: FakeBayeux, exchange: str) -> dict[str, Any]:
@@ -99,8 +74,8 @@ async def test_a_positions_file_nested_past_the_recursion_limit_fails_the_endpoi
     state = tmp_path / "state"
     state.mkdir()
     (state / "ep.positions.json").write_text("[" * 50_000 + "]" * 50_000)
-    env = settings_env(amqp_url, state, {"ep": replay_endpoint(fake_bayeux, unique_name("ex"))})
-    async with running_supervisor(env) as sup:
+    endpoints = {"ep": replay_endpoint(fake_bayeux, unique_name("ex"))}
+    async with running_supervisor(amqp_url, tmp_path, endpoints) as sup:
         await assert_failed_with(sup, "corrupt", "nested too deeply")
 
 
@@ -111,9 +86,9 @@ async def test_a_corrupt_file_that_cannot_be_moved_aside_fails_the_endpoint_visi
     state.mkdir()
     (state / ".lock").touch()  # the lock file may be locked, not created, in a frozen dir
     (state / "ep.positions.json").write_text("{broken")
-    env = settings_env(amqp_url, state, {"ep": replay_endpoint(fake_bayeux, unique_name("ex"))})
+    endpoints = {"ep": replay_endpoint(fake_bayeux, unique_name("ex"))}
     with immutable(state):
-        async with running_supervisor(env) as sup:
+        async with running_supervisor(amqp_url, tmp_path, endpoints) as sup:
             await assert_failed_with(sup, "could not be moved aside")
 
 
@@ -124,29 +99,30 @@ async def test_corrupt_file_then_positions_clear_or_set_and_the_endpoint_resumes
     state.mkdir()
     store = PositionStore(state)
     store.path("ep").write_text("{broken")
-    env = settings_env(amqp_url, state, {"ep": replay_endpoint(fake_bayeux, unique_name("ex"))})
+    endpoints = {"ep": replay_endpoint(fake_bayeux, unique_name("ex"))}
     cli = ["positions", "--state-dir", str(state)]
 
-    async with running_supervisor(env) as sup:
+    async with running_supervisor(amqp_url, tmp_path, endpoints) as sup:
         await assert_failed_with(sup, "corrupt")
         # While the bridge runs, the CLI refuses to change anything.
         assert main([*cli, "set", "ep", CHANNEL, "5"]) == 1
         assert "in use by process" in capsys.readouterr().err
-    async with running_supervisor(env) as sup:  # still refused: nobody decided yet
+    # Still refused: nobody decided yet.
+    async with running_supervisor(amqp_url, tmp_path, endpoints) as sup:
         await assert_failed_with(sup, "set aside as corrupt")
 
     # The sequence: set, then clear. Both work; the corrupt copy no longer blocks.
     assert main([*cli, "set", "ep", CHANNEL, "5"]) == 0
     assert main([*cli, "clear", "ep", CHANNEL]) == 0
-    async with running_supervisor(env) as sup:
-        await eventually(lambda: "ep" in sup.workers and sup.workers["ep"].up, 20, "ep up")
+    async with running_supervisor(amqp_url, tmp_path, endpoints) as sup:
+        await endpoint_up(sup)
         assert sup.ready() == (True, "ok")
     assert len(store.corrupt_copies("ep")) == 1, "kept for inspection"
 
     store.path("ep").write_text("{broken again")
     assert main([*cli, "set", "ep", CHANNEL, "7"]) == 0
-    async with running_supervisor(env) as sup:
-        await eventually(lambda: "ep" in sup.workers and sup.workers["ep"].up, 20, "ep up")
+    async with running_supervisor(amqp_url, tmp_path, endpoints) as sup:
+        await endpoint_up(sup)
     assert store.load("ep")[CHANNEL] == StoredPosition(7, store.load("ep")[CHANNEL].updated_at)
 
 
@@ -165,15 +141,13 @@ async def test_an_exchange_declared_differently_is_retried_until_the_broker_acce
             "exchange": exchange,
             "exchange_type": "topic",
         }
-        async with running_supervisor(
-            settings_env(amqp_url, tmp_path / "s", {"ep": endpoint})
-        ) as sup:
+        async with running_supervisor(amqp_url, tmp_path, {"ep": endpoint}) as sup:
             await eventually(
                 lambda: "PRECONDITION_FAILED" in sup.ready()[1], 15, "the refusal in /readyz"
             )
             assert "AMQP topology not declared" in (sup.status()["startup_error"] or "")
             await channel.exchange_delete(exchange)  # the operator fixes the broker side
-            await eventually(lambda: "ep" in sup.workers and sup.workers["ep"].up, 30, "ep up")
+            await endpoint_up(sup, within=30)
             assert sup.status()["startup_error"] is None
     finally:
         with contextlib.suppress(Exception):
@@ -197,11 +171,10 @@ def run_bridge(env: dict[str, str], within: float = 60) -> subprocess.CompletedP
 async def test_a_second_bridge_on_the_same_state_directory_exits_2(
     amqp_url: str, fake_bayeux: FakeBayeux, tmp_path: Path
 ) -> None:
-    state = tmp_path / "state"
-    env = settings_env(amqp_url, state, {"ep": replay_endpoint(fake_bayeux, unique_name("ex"))})
-    async with running_supervisor(env) as sup:
-        await eventually(lambda: "ep" in sup.workers and sup.workers["ep"].up, 20, "ep up")
-        second = await asyncio.to_thread(run_bridge, env)
+    endpoints = {"ep": replay_endpoint(fake_bayeux, unique_name("ex"))}
+    async with running_supervisor(amqp_url, tmp_path, endpoints) as sup:
+        await endpoint_up(sup)
+        second = await asyncio.to_thread(run_bridge, supervisor_env(amqp_url, tmp_path, endpoints))
     assert second.returncode == 2, second.stderr[-2000:]
     assert f"in use by process {os.getpid()}" in second.stderr
     assert "Traceback" not in second.stderr
@@ -220,7 +193,7 @@ def test_a_private_key_that_does_not_parse_exits_2(amqp_url: str, tmp_path: Path
             "private_key": "-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n",
         },
     }
-    result = run_bridge(settings_env(amqp_url, tmp_path / "state", {"ep": endpoint}))
+    result = run_bridge(supervisor_env(amqp_url, tmp_path, {"ep": endpoint}))
     assert result.returncode == 2, result.stderr[-2000:]
     assert "private_key" in result.stderr
     assert "Traceback" not in result.stderr

@@ -5,25 +5,17 @@ to the others within 10 s, and back by handover when it returns."""
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aio_pika
 import pytest
 
-from bridge.amqp.lease import lease_queue
-from bridge.positions.rabbitmq_store import position_queue
-from tests.e2e.test_ha_failover import Replicas
+from tests.e2e.ha import Replicas, replica_group
 from tests.e2e.test_noloss_faults import CHANNEL, sf_env
-from tests.integration.noloss.conftest import (
-    SalesforceFactory,
-    SalesforceServer,
-    salesforce_factory,  # noqa: F401 (the fixture)
-)
+from tests.integration.noloss.conftest import SalesforceServer
 
 
 pytestmark = pytest.mark.integration
@@ -33,39 +25,14 @@ WAIT = 30.0
 
 
 @pytest.fixture
-def sf_server(request: pytest.FixtureRequest) -> SalesforceServer:
-    factory: SalesforceFactory = request.getfixturevalue("salesforce_factory")
-    return factory()
-
-
-@pytest.fixture
-async def endpoint_names(amqp_url: str) -> AsyncIterator[list[str]]:
-    prefix = f"hb{uuid.uuid4().hex[:6]}"
-    names = [f"{prefix}-{i}" for i in range(ENDPOINTS)]
-    yield names
-    conn = await aio_pika.connect(amqp_url)
-    try:
-        channel = await conn.channel()
-        for name in names:
-            for queue in (lease_queue(name), position_queue(name)):
-                with contextlib.suppress(Exception):
-                    await channel.queue_delete(queue)
-    finally:
-        await conn.close()
-
-
-@pytest.fixture
 async def replicas(
-    tmp_path: Path, sf_server: SalesforceServer, exchange_name: str, endpoint_names: list[str]
+    amqp_url: str, tmp_path: Path, sf_server: SalesforceServer, exchange_name: str
 ) -> AsyncIterator[Replicas]:
+    prefix = f"hb{uuid.uuid4().hex[:6]}"  # unique: lease and positions queues go by name
+    names = [f"{prefix}-{i}" for i in range(ENDPOINTS)]
     env = sf_env(tmp_path, sf_server, exchange_name)
-    (config,) = json.loads(env["BRIDGE_ENDPOINTS"]).values()
-    env["BRIDGE_ENDPOINTS"] = json.dumps(dict.fromkeys(endpoint_names, config))
-    group = Replicas(tmp_path, env)
-    try:
+    async with replica_group(amqp_url, tmp_path, env, names) as group:
         yield group
-    finally:
-        group.stop_all()
 
 
 def active_endpoints(status: Any) -> set[str]:

@@ -6,18 +6,15 @@ checks the ``cometd-lease-epoch`` header of what arrived.
 
 from __future__ import annotations
 
-import contextlib
 import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
-import aio_pika
 import pytest
 
-from bridge.amqp.lease import lease_queue
-from bridge.positions.rabbitmq_store import position_queue
+from tests.e2e.ha import Replicas, replica_group, wait_role
 from tests.e2e.harness import BridgeProcess, QueueCollector
 from tests.e2e.test_noloss_faults import (
     CHANNEL,
@@ -29,11 +26,7 @@ from tests.e2e.test_noloss_faults import (
     wait_seqs,
 )
 from tests.fixtures.rabbitmq import close_named_connections
-from tests.integration.noloss.conftest import (
-    SalesforceFactory,
-    SalesforceServer,
-    salesforce_factory,  # noqa: F401 (the fixture)
-)
+from tests.integration.noloss.conftest import SalesforceServer
 
 
 pytestmark = pytest.mark.integration
@@ -45,71 +38,22 @@ FAILOVER_BOUND = 10.0  # the standby streams within this after the active died
 
 
 @pytest.fixture
-def sf_server(request: pytest.FixtureRequest) -> SalesforceServer:
-    factory: SalesforceFactory = request.getfixturevalue("salesforce_factory")
-    return factory()
-
-
-@pytest.fixture
-async def endpoint_name(amqp_url: str) -> AsyncIterator[str]:
-    """A unique endpoint name (its lease and positions queues are shared by name across
-    replicas, so never across tests); both queues are deleted afterwards."""
-    name = f"ha{uuid.uuid4().hex[:8]}"
-    yield name
-    conn = await aio_pika.connect(amqp_url)
-    try:
-        for queue in (lease_queue(name), position_queue(name)):
-            with contextlib.suppress(Exception):
-                channel = await conn.channel()
-                await channel.queue_delete(queue)
-    finally:
-        await conn.close()
-
-
-class Replicas:
-    """Bridge processes with the same configuration, each named by its replica id."""
-
-    def __init__(self, tmp_path: Path, env: dict[str, str]) -> None:
-        self._tmp = tmp_path
-        self._env = env
-        self.started: dict[str, BridgeProcess] = {}
-
-    async def start(self, replica: str, **extra: str) -> BridgeProcess:
-        env = {
-            **self._env,
-            **extra,
-            "BRIDGE_COORDINATION": "rabbitmq",
-            "BRIDGE_REPLICA_ID": replica,
-            "BRIDGE_STATE_DIR": str(self._tmp / f"state-{replica}"),
-        }
-        bridge = BridgeProcess(env=env, log_path=self._tmp / f"{replica}.log")
-        bridge.start()
-        self.started[replica] = bridge
-        await bridge.wait_ready()
-        return bridge
-
-    def stop_all(self) -> None:
-        for bridge in self.started.values():
-            bridge.stop()
+def endpoint_name() -> str:
+    """Unique: its lease and positions queues are shared by name across replicas."""
+    return f"ha{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture
 async def replicas(
-    tmp_path: Path, sf_server: SalesforceServer, exchange_name: str, endpoint_name: str
+    amqp_url: str,
+    tmp_path: Path,
+    sf_server: SalesforceServer,
+    exchange_name: str,
+    endpoint_name: str,
 ) -> AsyncIterator[Replicas]:
     env = sf_env(tmp_path, sf_server, exchange_name)
-    env["BRIDGE_ENDPOINTS"] = env["BRIDGE_ENDPOINTS"].replace('"src"', f'"{endpoint_name}"', 1)
-    group = Replicas(tmp_path, env)
-    try:
+    async with replica_group(amqp_url, tmp_path, env, [endpoint_name]) as group:
         yield group
-    finally:
-        group.stop_all()
-
-
-async def wait_role(bridge: BridgeProcess, endpoint: str, role: str, within: float) -> float:
-    """Wait until ``bridge`` reports ``role`` for ``endpoint``; returns when (monotonic)."""
-    await bridge.wait_status(lambda s: s["endpoints"][endpoint]["role"] == role, within=within)
-    return time.monotonic()
 
 
 def epochs(collector: QueueCollector) -> list[int]:
@@ -130,16 +74,33 @@ async def first_delivery_with_epoch(collector: QueueCollector, epoch: int, withi
     return time.monotonic()
 
 
-async def two_replicas(
-    replicas: Replicas, endpoint: str, **active_env: str
-) -> tuple[BridgeProcess, BridgeProcess]:
+async def streaming_pair(
+    replicas: Replicas,
+    server: SalesforceServer,
+    collector: QueueCollector,
+    endpoint: str,
+    **active_env: str,
+) -> tuple[BridgeProcess, BridgeProcess, int]:
+    """An active and a standby replica, the server publishing ``COUNT`` events, a quarter of
+    them streamed by the active; returns both and the active's lease epoch."""
     active = await replicas.start("replica-a", **active_env)
     await wait_role(active, endpoint, "active", within=WAIT)
     standby = await replicas.start("replica-b")
     status = await standby.status()
     assert status["replica"] == "replica-b"
     assert status["endpoints"][endpoint]["role"] == "standby", status
-    return active, standby
+    await server.publish(CHANNEL, COUNT, rate=RATE, wait=False)
+    await collector.wait_for(COUNT // 4, within=WAIT, what="streamed by the active")
+    return active, standby, epochs(collector)[0]
+
+
+def assert_fenced(collector: QueueCollector, first_epoch: int) -> None:
+    """Fencing as a consumer sees it: once the new owner's first message arrived, nothing of
+    the deposed owner's epoch follows."""
+    seen = epochs(collector)
+    new = first_epoch + 1
+    late = [e for e in seen[seen.index(new) :] if e < new]
+    assert not late, f"{len(late)} messages of the deposed owner after the new owner's first"
 
 
 async def test_sigkill_of_the_active_the_standby_takes_over_with_nothing_missing(
@@ -149,9 +110,9 @@ async def test_sigkill_of_the_active_the_standby_takes_over_with_nothing_missing
     endpoint_name: str,
     record_property: Callable[[str, object], None],
 ) -> None:
-    active, standby = await two_replicas(replicas, endpoint_name)
-    await sf_server.publish(CHANNEL, COUNT, rate=RATE, wait=False)
-    await collector.wait_for(COUNT // 4, within=WAIT, what="streamed by the active")
+    active, standby, first_epoch = await streaming_pair(
+        replicas, sf_server, collector, endpoint_name
+    )
     # The standby never subscribed while the active lived: one session, one subscription at
     # the server, and no handshake by the standby.
     stats = await sf_server.stats()
@@ -160,7 +121,6 @@ async def test_sigkill_of_the_active_the_standby_takes_over_with_nothing_missing
     standby_metrics = await standby.metrics()
     assert not sample(standby_metrics, "cometd_bridge_handshakes_total", result="success")
     assert sample(standby_metrics, "cometd_bridge_endpoint_active", endpoint=endpoint_name) == 0
-    first_epoch = epochs(collector)[0]
 
     active.stop()  # SIGKILL
     killed = time.monotonic()
@@ -189,10 +149,9 @@ async def test_broker_closes_the_active_connection_the_deposed_owner_stops(
     endpoint_name: str,
     record_property: Callable[[str, object], None],
 ) -> None:
-    active, standby = await two_replicas(replicas, endpoint_name)
-    await sf_server.publish(CHANNEL, COUNT, rate=RATE, wait=False)
-    await collector.wait_for(COUNT // 4, within=WAIT, what="streamed by the active")
-    first_epoch = epochs(collector)[0]
+    active, standby, first_epoch = await streaming_pair(
+        replicas, sf_server, collector, endpoint_name
+    )
 
     assert await close_named_connections(connection_name(active), "HA fencing test") == 1
     await wait_role(standby, endpoint_name, "active", within=FAILOVER_BOUND)
@@ -200,13 +159,7 @@ async def test_broker_closes_the_active_connection_the_deposed_owner_stops(
     await wait_seqs(collector, COUNT, within=WAIT)
     check_complete(collector, COUNT, record_property)
 
-    # Fencing as a consumer sees it: once the new owner's first message arrived, nothing of
-    # the deposed owner's epoch follows.
-    seen = epochs(collector)
-    new = first_epoch + 1
-    first_new = seen.index(new)
-    late = [e for e in seen[first_new:] if e < new]
-    assert not late, f"{len(late)} messages of the deposed owner after the new owner's first"
+    assert_fenced(collector, first_epoch)
     # The deposed owner stopped its session: one session and subscription at the server.
     stats = await sf_server.stats()
     assert stats["subscriptions"].get(CHANNEL) == 1, stats
@@ -228,10 +181,9 @@ async def test_sigterm_of_the_active_hands_over_with_nothing_missing(
     endpoint_name: str,
     record_property: Callable[[str, object], None],
 ) -> None:
-    active, _standby = await two_replicas(replicas, endpoint_name)
-    await sf_server.publish(CHANNEL, COUNT, rate=RATE, wait=False)
-    await collector.wait_for(COUNT // 4, within=WAIT, what="streamed by the active")
-    first_epoch = epochs(collector)[0]
+    active, _standby, first_epoch = await streaming_pair(
+        replicas, sf_server, collector, endpoint_name
+    )
 
     active.signal(signal.SIGTERM)
     assert await active.wait_exit(within=WAIT) == 0, active.log_tail()
@@ -259,10 +211,9 @@ async def test_the_active_blackholed_the_deposed_owner_stops_within_the_heartbea
 ) -> None:
     async with pausable_proxy() as proxy:
         url = f"amqp://guest:guest@127.0.0.1:{proxy.port}/?heartbeat={HEARTBEAT}"
-        active, standby = await two_replicas(replicas, endpoint_name, BRIDGE_AMQP_URL=url)
-        await sf_server.publish(CHANNEL, COUNT, rate=RATE, wait=False)
-        await collector.wait_for(COUNT // 4, within=WAIT, what="streamed by the active")
-        first_epoch = epochs(collector)[0]
+        active, standby, first_epoch = await streaming_pair(
+            replicas, sf_server, collector, endpoint_name, BRIDGE_AMQP_URL=url
+        )
 
         proxy.pause()  # nothing passes either way: a partition between the active and RabbitMQ
         paused = time.monotonic()
@@ -277,10 +228,7 @@ async def test_the_active_blackholed_the_deposed_owner_stops_within_the_heartbea
         proxy.resume()
         await wait_seqs(collector, COUNT, within=WAIT)
     check_complete(collector, COUNT, record_property)
-    seen = epochs(collector)
-    new = first_epoch + 1
-    late = [e for e in seen[seen.index(new) :] if e < new]
-    assert not late, f"{len(late)} messages of the deposed owner after the new owner's first"
+    assert_fenced(collector, first_epoch)
     metrics = await active.metrics()
     changes = "cometd_bridge_lease_changes_total"
     assert sample(metrics, changes, endpoint=endpoint_name, reason="lost") == 1

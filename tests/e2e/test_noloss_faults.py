@@ -52,14 +52,6 @@ WAIT = 60.0  # bound on every wait for deliveries (a busy 2-core machine)
 # -- helpers ---------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def sf_server(request: pytest.FixtureRequest) -> SalesforceServer:
-    """A Salesforce-like server: replay on, no ack, 2 s reconnect budget (stopped at teardown
-    by ``salesforce_factory``)."""
-    factory: SalesforceFactory = request.getfixturevalue("salesforce_factory")
-    return factory()
-
-
 def sf_env(
     tmp_path: Path, server: SalesforceServer, exchange: str, **endpoint: Any
 ) -> dict[str, str]:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.test_supervisor_inprocess import eventually, running_supervisor
+from tests.e2e.inprocess import endpoint_up, eventually, metric, running_supervisor
 from tests.fakes.fake_bayeux import Action, FakeBayeux, lose_response
 
 
@@ -27,9 +27,7 @@ async def test_a_lost_connect_response_is_counted_as_a_possible_gap(
         "exchange": exchange_name,
     }
     async with running_supervisor(amqp_url, tmp_path, {"plain": endpoint}) as sup:
-        await eventually(lambda: sup.workers.get("plain") is not None, 10)
-        worker = sup.workers["plain"]
-        await eventually(lambda: worker.up, 15)
+        await endpoint_up(sup, "plain", within=25)
 
         async def publish(exchange: Any, message: Any) -> None:
             fake_bayeux.publish(CHANNEL, {"n": 1})  # in the response that is lost
@@ -38,8 +36,7 @@ async def test_a_lost_connect_response_is_counted_as_a_possible_gap(
         fake_bayeux.on(
             "/meta/connect", Action(before=publish, after=lose_response().after), nth=nth
         )
-        registry = sup.metrics.registry
-        sample = "cometd_bridge_possible_gaps_total"
+        gaps = "cometd_bridge_possible_gaps_total"
         labels = {"endpoint": "plain", "reason": "response_lost"}
-        await eventually(lambda: (registry.get_sample_value(sample, labels) or 0) >= 1, 15)
-        assert registry.get_sample_value(sample, labels) == 1
+        await eventually(lambda: metric(sup, gaps, **labels) >= 1, 15, "the lost response counted")
+        assert metric(sup, gaps, **labels) == 1

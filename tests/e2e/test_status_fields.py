@@ -10,7 +10,7 @@ import pytest
 
 from bridge.demo import DemoSource
 from tests.e2e.harness import QueueCollector
-from tests.e2e.test_supervisor_inprocess import eventually, running_supervisor
+from tests.e2e.inprocess import endpoint_up, eventually, running_supervisor
 from tests.integration.auth.token_server import TokenServer
 
 
@@ -41,11 +41,11 @@ async def test_status_has_what_the_page_shows(
                 },
             }
             async with running_supervisor(amqp_url, tmp_path, {"src": endpoint}) as sup:
-                await eventually(lambda: "src" in sup.workers and sup.workers["src"].up, 15)
+                await endpoint_up(sup, "src", within=15)
                 for _ in range(7):
                     source.emit(CHANNEL)
                 await collector.wait_for(7, within=15, what="the emitted events")
-                await eventually(lambda: sup.workers["src"].confirmed_total >= 7, 10)
+                await eventually(lambda: sup.workers["src"].confirmed_total >= 7, 10, "7 confirmed")
                 status = sup.status()
     finally:
         await tokens.stop()
