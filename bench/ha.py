@@ -2,12 +2,13 @@
 SIGKILL, with ``BRIDGE_COORDINATION=rabbitmq``.
 
 1. **Scale-out.** E busy endpoints (one cometd-nodejs-server, one channel each, long-polling)
-   bridged by 1 replica, then by 3: once the replicas settled (every endpoint streamed by
-   exactly one, shares within one), a burst of N messages spread over the endpoints; the raw
-   consumer counts every seq per routing key. Printed: total msg/s end to end, missing,
-   duplicates, and per replica the endpoints it owned, its CPU seconds during the burst and its
-   peak RSS. Every replica shares the same cores, so on a small machine 3 replicas are not
-   faster; the figure shows what the coordination costs.
+   bridged by one uncoordinated bridge (``file``, the reference), by 1 replica and by 3: once
+   the replicas settled (every endpoint streamed by exactly one, shares within one), a burst
+   of N messages spread over the endpoints; the raw consumer counts every seq per routing key.
+   Printed: total msg/s end to end, missing, duplicates, and per replica the endpoints it
+   owned, its CPU seconds during the burst and its peak RSS; the rounds rotate the order.
+   Every replica shares the same cores, so on a small machine 3 replicas are not faster; the
+   figure shows what the coordination and the extra processes cost.
 2. **Failover.** 2 replicas, one replaying endpoint on the Salesforce-like server streaming at
    a steady rate; the active replica is SIGKILLed K times and restarted after each kill (as the
    standby). Per kill: the time from the kill to the first message of the new owner at the
@@ -74,6 +75,7 @@ class ScaleResult:
     endpoints: int
     n: int
     settle_s: float  # first replica started → ownership balanced
+    coordination: str = "rabbitmq"
     seconds: float | None = None
     missing: int = 0
     duplicates: int = 0
@@ -204,9 +206,12 @@ class HaBench:
 
     # -- 1. scale-out ---------------------------------------------------------------------
 
-    async def scale_out(self, replicas: int, endpoints: int, n: int) -> ScaleResult:
+    async def scale_out(
+        self, replicas: int, endpoints: int, n: int, coordination: str = "rabbitmq"
+    ) -> ScaleResult:
         """``endpoints`` busy endpoints bridged by ``replicas`` replicas: a burst of ``n``
-        messages spread over them, once the replicas settled."""
+        messages spread over them, once the replicas settled (``coordination="file"``: one
+        uncoordinated bridge, the reference)."""
         assert self.consumer is not None
         names = self._names("hs", endpoints)
         channels = {name: f"/bench/{name}" for name in names}
@@ -219,9 +224,10 @@ class HaBench:
                     for name, channel in channels.items()
                 }
             ),
+            coordination,
         )
         per = n // endpoints
-        result = ScaleResult(replicas, endpoints, per * endpoints, settle_s=0.0)
+        result = ScaleResult(replicas, endpoints, per * endpoints, 0.0, coordination)
         try:
             started = time.monotonic()
             await asyncio.gather(*(group.start(f"r{i + 1}") for i in range(replicas)))
@@ -376,7 +382,8 @@ def _fmt(value: float | None, spec: str) -> str:
 
 def scale_lines(r: ScaleResult) -> list[str]:
     head = (
-        f"  {r.endpoints} busy endpoints x {r.replicas} replica(s): {_fmt(r.rate, ',.0f')} msg/s"
+        f"  {r.endpoints} busy endpoints x {r.replicas} replica(s), {r.coordination}:"
+        f" {_fmt(r.rate, ',.0f')} msg/s"
         f" ({r.n:,} messages), missing {r.missing}, duplicates {r.duplicates},"
         f" out of order {r.out_of_order}; settled in {r.settle_s:.1f} s"
         + (f"  NOTE {r.note}" if r.note else "")
@@ -416,19 +423,19 @@ def markdown(
     out = ["### Machine", ""]
     out += [f"- {k}: {v}" for k, v in machine.items()]
     out += ["", f"Run: `{' '.join(sys.argv)}`, {elapsed:.0f} s in total.", ""]
-    out += ["### Busy endpoints over 1 and 3 replicas", ""]
+    out += ["### Busy endpoints: one bridge, 1 replica, 3 replicas", ""]
     out += [
-        "| endpoints | replicas | messages | msg/s | missing | dup | settled s "
+        "| endpoints | replicas | coordination | messages | msg/s | missing | dup | settled s "
         "| per replica: owned / CPU s / peak RSS MB | broker CPU s | server CPU s |",
-        "|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
+        "|---:|---:|---|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     for r in scale:
         per = "; ".join(
             f"{p.replica}: {p.owned} / {p.cpu_s:.2f} / {p.peak_rss_mb:.1f}" for p in r.per_replica
         )
         out.append(
-            f"| {r.endpoints} | {r.replicas} | {r.n:,} | {_fmt(r.rate, ',.0f')} | {r.missing} "
-            f"| {r.duplicates} | {r.settle_s:.1f} | {per} "
+            f"| {r.endpoints} | {r.replicas} | {r.coordination} | {r.n:,} "
+            f"| {_fmt(r.rate, ',.0f')} | {r.missing} | {r.duplicates} | {r.settle_s:.1f} | {per} "
             f"| {_fmt(r.others_cpu.get('broker'), '.2f')} "
             f"| {_fmt(r.others_cpu.get('server'), '.2f')} |" + (f" {r.note}" if r.note else "")
         )
@@ -464,10 +471,14 @@ async def main(args: argparse.Namespace) -> str:
         machine = describe(bench.consumer.server_properties)
         print("Machine: " + "; ".join(f"{k} {v}" for k, v in machine.items()), flush=True)
         scale = []
-        for replicas in (1, 3):
-            r = await bench.scale_out(replicas, args.ha_endpoints, args.n)
-            scale.append(r)
-            print("\n".join(scale_lines(r)), flush=True)
+        # Rounds with the order rotating, so the machine's drifts (other work on the same
+        # cores) spread over every setup; the uncoordinated bridge is the reference.
+        setups = [(1, "file"), (1, "rabbitmq"), (3, "rabbitmq")]
+        for rnd in range(args.ha_rounds):
+            for replicas, coordination in setups[rnd % 3 :] + setups[: rnd % 3]:
+                r = await bench.scale_out(replicas, args.ha_endpoints, args.n, coordination)
+                scale.append(r)
+                print("\n".join(scale_lines(r)), flush=True)
         fo = await bench.failover(args.ha_kills, args.ha_rate, args.ha_steady)
         print("\n".join(failover_lines(fo)), flush=True)
         text = markdown(scale, fo, machine, time.monotonic() - started)

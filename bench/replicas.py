@@ -47,11 +47,15 @@ def balanced(owned: dict[str, set[str]], endpoints: list[str]) -> bool:
 
 
 class ReplicaGroup:
-    """Replicas of one configuration; a restarted replica keeps its id (a new process)."""
+    """Replicas of one configuration; a restarted replica keeps its id (a new process).
 
-    def __init__(self, tmp: Path, env: dict[str, str]) -> None:
+    ``coordination="file"`` runs one replica the default way (positions in its state
+    directory, no lease): the reference the coordinated replicas are compared with."""
+
+    def __init__(self, tmp: Path, env: dict[str, str], coordination: str = "rabbitmq") -> None:
         self._tmp = tmp
         self._env = env
+        self._coordination = coordination
         self.live: dict[str, BridgeProcess] = {}
 
     def pid(self, replica: str) -> int:
@@ -64,7 +68,7 @@ class ReplicaGroup:
         ready too)."""
         env = {
             **self._env,
-            "BRIDGE_COORDINATION": "rabbitmq",
+            "BRIDGE_COORDINATION": self._coordination,
             "BRIDGE_REPLICA_ID": replica,
             "BRIDGE_STATE_DIR": str(self._tmp / f"state-{replica}"),
         }

@@ -709,6 +709,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--ha-kills", type=int, default=None, help="ha: kills of the active (default 10; quick 3)"
     )
+    p.add_argument(
+        "--ha-rounds", type=int, default=None, help="ha: rounds of the bursts (default 2; quick 1)"
+    )
     p.add_argument("--ha-rate", type=float, default=200.0, help="ha: failover stream, msg/s")
     p.add_argument(
         "--ha-steady",
@@ -722,6 +725,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.n = args.n or (3000 if args.quick else 20_000)
     args.ha_endpoints = args.ha_endpoints or (6 if args.quick else 30)
     args.ha_kills = args.ha_kills or (3 if args.quick else 10)
+    args.ha_rounds = args.ha_rounds or (1 if args.quick else 2)
     args.ha_steady = args.ha_steady or (0.5 if args.quick else 2.0)
     args.rate_seconds = args.rate_seconds or (3.0 if args.quick else 10.0)
     args.idle_window = args.idle_window or (2.0 if args.quick else 5.0)

@@ -31,14 +31,16 @@ async def bench() -> AsyncIterator[HaBench]:
 def test_quick_ha_options() -> None:
     args = parse_args(["--only", "ha", "--quick"])
     assert (args.n, args.ha_endpoints, args.ha_kills, args.ha_steady) == (N, ENDPOINTS, 3, 0.5)
+    assert args.ha_rounds == 1
     full = parse_args(["--only", "ha"])
-    assert (full.n, full.ha_endpoints, full.ha_kills) == (60_000, 30, 10)
+    assert (full.n, full.ha_endpoints, full.ha_kills, full.ha_rounds) == (60_000, 30, 10, 2)
 
 
-async def test_busy_endpoints_over_one_and_three_replicas(bench: HaBench) -> None:
+async def test_busy_endpoints_over_one_bridge_and_one_and_three_replicas(bench: HaBench) -> None:
     results = []
-    for replicas, shares in ((1, [ENDPOINTS]), (3, [2, 2, 2])):
-        r = await bench.scale_out(replicas, ENDPOINTS, N)
+    setups = ((1, "file", [ENDPOINTS]), (1, "rabbitmq", [ENDPOINTS]), (3, "rabbitmq", [2, 2, 2]))
+    for replicas, coordination, shares in setups:
+        r = await bench.scale_out(replicas, ENDPOINTS, N, coordination)
         print("\n".join(scale_lines(r)))
         assert r.note == ""
         assert (r.n, r.missing, r.duplicates) == (N, 0, 0)
@@ -49,7 +51,7 @@ async def test_busy_endpoints_over_one_and_three_replicas(bench: HaBench) -> Non
         assert all(p.peak_rss_mb > 0 for p in r.per_replica), r.per_replica
         results.append(r)
     text = markdown(results, None, {}, 0.0)
-    assert text.count("\n| 6 | ") == 2, text
+    assert text.count("\n| 6 | ") == 3, text
 
 
 async def test_every_sigkill_of_the_active_is_taken_over_with_nothing_missing(
