@@ -40,6 +40,7 @@ class EpochLog:
     _first_at: dict[int, float] = field(default_factory=dict)  # epoch → first arrival
     _duplicates: Counter[int] = field(default_factory=Counter)  # epoch → repeated seqs
     _delivered: Counter[int] = field(default_factory=Counter)  # epoch → deliveries
+    _fresh: Counter[int] = field(default_factory=Counter)  # epoch → first deliveries of a seq
     _kills: list[tuple[float, int]] = field(default_factory=list)
     received: int = 0
 
@@ -52,6 +53,7 @@ class EpochLog:
             self._duplicates[epoch] += 1
         else:
             self._seen.add(seq)
+            self._fresh[epoch] += 1
 
     def kill(self, at: float, epoch: int) -> None:
         """The owner of ``epoch`` was killed at ``at``."""
@@ -64,6 +66,10 @@ class EpochLog:
     def delivered(self, epoch: int) -> int:
         """How many messages published under ``epoch`` arrived (duplicates included)."""
         return self._delivered[epoch]
+
+    def fresh(self, epoch: int) -> int:
+        """How many seqs ``epoch`` delivered first (what it streamed beyond its replay)."""
+        return self._fresh[epoch]
 
     def first_after(self, epoch: int) -> tuple[int, float] | None:
         """The lowest epoch above ``epoch`` that delivered anything, and its first arrival."""

@@ -308,12 +308,13 @@ class HaBench:
             publisher = asyncio.create_task(self._publish_steadily(channel, rate, stop))
             active, standby = "a", "b"
             for i in range(kills):
-                # The owner streams a while (its epoch is the newest one that arrived).
+                # The owner streams a while beyond what it replayed (its epoch is the newest
+                # one that arrived).
                 await _check(publisher)
                 if not await consumer.wait_for(
                     lambda log: (
                         log.latest_epoch is not None
-                        and log.delivered(log.latest_epoch) >= rate * steady_s
+                        and log.fresh(log.latest_epoch) >= rate * steady_s
                     ),
                     within=TAKEOVER_TIMEOUT + steady_s * 2,
                 ):

@@ -27,6 +27,7 @@ def test_a_takeover_is_timed_from_the_kill_to_the_new_owners_first_message() -> 
     assert log.missing(7) == []
     assert log.missing(9) == [8, 9]
     assert (log.delivered(1), log.delivered(2)) == (5, 4)
+    assert (log.fresh(1), log.fresh(2)) == (5, 2)
     assert log.latest_epoch == 2
 
 
