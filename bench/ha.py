@@ -230,7 +230,9 @@ class HaBench:
         result = ScaleResult(replicas, endpoints, per * endpoints, 0.0, coordination)
         try:
             started = time.monotonic()
-            await asyncio.gather(*(group.start(f"r{i + 1}") for i in range(replicas)))
+            async with asyncio.TaskGroup() as starting:  # one failing stops the others
+                for i in range(replicas):
+                    starting.create_task(group.start(f"r{i + 1}"))
             owned = await group.wait_owned(lambda o: balanced(o, names), SETTLE_TIMEOUT)
             result.settle_s = time.monotonic() - started
             stats = await self.cometd.stats()
