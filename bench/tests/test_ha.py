@@ -47,7 +47,9 @@ async def test_busy_endpoints_over_one_bridge_and_one_and_three_replicas(bench: 
         assert r.rate is not None
         assert r.rate > 0
         assert sorted(p.owned for p in r.per_replica) == shares
-        assert all(p.cpu_s > 0 for p in r.per_replica), r.per_replica
+        # CPU is read in 10 ms ticks: a replica's own share of a small burst may be a tick or
+        # none, the replicas' sum is several.
+        assert r.cpu_s > 0, r.per_replica
         assert all(p.peak_rss_mb > 0 for p in r.per_replica), r.per_replica
         results.append(r)
     text = markdown(results, None, {}, 0.0)
