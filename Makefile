@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NODE_STAMP := tests/servers/node_modules/.installed
 
-.PHONY: test lint typecheck pytest demo bench venv node-deps rabbitmq lint-deploy clean test-extras chaos browser
+.PHONY: test lint typecheck pytest demo bench bench-ha venv node-deps rabbitmq lint-deploy clean test-extras chaos browser
 
 ## venv: create/refresh .venv with the project and its dev extra (re-runs when pyproject changes)
 $(STAMP): pyproject.toml
@@ -74,6 +74,11 @@ $(BENCH_NODE_STAMP): bench/package.json bench/package-lock.json
 ## bench: throughput, latency and memory against a naive baseline and the source/sink ceilings
 bench: venv node-deps rabbitmq $(BENCH_NODE_STAMP)
 	$(BIN)/python bench/run.py
+
+## bench-ha: replicas (BRIDGE_COORDINATION=rabbitmq): 30 busy endpoints over 1 and 3 replicas,
+## and the failover time over 10 SIGKILLs of the active (about 2 minutes; not part of `bench`)
+bench-ha: venv node-deps rabbitmq
+	$(BIN)/python bench/run.py --only ha
 
 ## chaos: a seeded random schedule of faults against a replay and an ack server while streaming
 ## (a few minutes; CHAOS_SEED=N replays a schedule; `make test` runs a 60-second seed of it)

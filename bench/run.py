@@ -1,10 +1,13 @@
 """`make bench`: the bridge end to end against a naive baseline, the source and sink ceilings and
 a Node reference bridge, in one interleaved run on this machine.
 
-Usage: .venv/bin/python bench/run.py [--quick] [--n N] [--uvloop] [--only memory] [--markdown PATH]
+Usage: .venv/bin/python bench/run.py [--quick] [--n N] [--uvloop] [--only memory|ha]
+[--markdown PATH]
 
 ``--only memory`` runs just the memory part: the bridge alone over the 2 KB burst on both
 servers (peak RSS, missing, duplicates), for a quick check of the client's memory bound.
+``--only ha`` (``make bench-ha``) runs the replicas' part instead (bench/ha.py): busy endpoints
+over 1 and 3 replicas, and the failover time over repeated SIGKILLs of the active replica.
 
 Variants: ``bridge`` (the real daemon, ``python -m bridge run``), ``baseline`` (our client, each
 publish awaited with confirms), ``receive-only`` (source ceiling), ``publish-only`` (sink
@@ -607,6 +610,11 @@ def _node_available() -> bool:
 
 
 async def main(args: argparse.Namespace) -> str:
+    if args.only == "ha":
+        # Imported here: bench/ha.py has its own servers, consumers and tables.
+        from bench import ha
+
+        return await ha.main(args)
     started = time.monotonic()
     if _node_available():
         variants = ["bridge", "baseline", "receive-only", "node"]
@@ -689,10 +697,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--uvloop", action="store_true", help="also run the bridge on uvloop (200 B bursts)"
     )
     p.add_argument(
-        "--only", choices=["memory"], help="run one part: memory (2 KB bursts, bridge only)"
+        "--only",
+        choices=["memory", "ha"],
+        help="run one part: memory (2 KB bursts, bridge only) or ha (replicas: busy endpoints"
+        " over 1 and 3 replicas, failover after SIGKILL); with ha, --n is the burst over all"
+        " endpoints (default 60000; quick 3000)",
+    )
+    p.add_argument(
+        "--ha-endpoints", type=int, default=None, help="ha: busy endpoints (default 30; quick 6)"
+    )
+    p.add_argument(
+        "--ha-kills", type=int, default=None, help="ha: kills of the active (default 10; quick 3)"
+    )
+    p.add_argument(
+        "--ha-rounds", type=int, default=None, help="ha: rounds of the bursts (default 2; quick 1)"
+    )
+    p.add_argument("--ha-rate", type=float, default=200.0, help="ha: failover stream, msg/s")
+    p.add_argument(
+        "--ha-steady",
+        type=float,
+        default=None,
+        help="ha: seconds' worth of messages the owner streams before each kill (2; quick 0.5)",
     )
     args = p.parse_args(argv)
+    if args.only == "ha":
+        args.n = args.n or (3000 if args.quick else 60_000)
     args.n = args.n or (3000 if args.quick else 20_000)
+    args.ha_endpoints = args.ha_endpoints or (6 if args.quick else 30)
+    args.ha_kills = args.ha_kills or (3 if args.quick else 10)
+    args.ha_rounds = args.ha_rounds or (1 if args.quick else 2)
+    args.ha_steady = args.ha_steady or (0.5 if args.quick else 2.0)
     args.rate_seconds = args.rate_seconds or (3.0 if args.quick else 10.0)
     args.idle_window = args.idle_window or (2.0 if args.quick else 5.0)
     return args
