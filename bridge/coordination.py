@@ -28,7 +28,7 @@ from typing import Any, Literal
 import structlog
 
 from bridge.amqp.lease import Lease, lease_queue, underlay_connection
-from bridge.metrics import Metrics
+from bridge.metrics import LEASE_CHANGE_REASONS, Metrics
 from bridge.pipeline.worker import EndpointWorker
 from bridge.positions.rabbitmq_store import (
     LeasedPositionStore,
@@ -103,6 +103,12 @@ class EndpointCoordinator:
         self.unconfirmed_at_exit = 0
         self._log = log.bind(endpoint=endpoint)
         metrics.endpoint_active.labels(endpoint).set(0)
+        # Every reason's series from the start: increase() and the flapping alert see the
+        # first lease change of a replica, not only the second.
+        self._lease_changes = {
+            reason: metrics.lease_changes.labels(endpoint, reason)
+            for reason in LEASE_CHANGE_REASONS
+        }
 
     @property
     def role(self) -> Role:
@@ -286,7 +292,7 @@ class EndpointCoordinator:
         self._log.info("lease released", reason=reason, unconfirmed=left)
 
     def _changed(self, reason: str) -> None:
-        self._metrics.lease_changes.labels(self.endpoint, reason).inc()
+        self._lease_changes[reason].inc()
 
 
 class Balancer:

@@ -38,6 +38,7 @@ __all__ = [
     "NAMESPACE",
     "RECONNECT_REASONS",
     "PUBLISH_FAILURE_REASONS",
+    "LEASE_CHANGE_REASONS",
 ]
 
 NAMESPACE: Final = "cometd_bridge"
@@ -49,6 +50,7 @@ RECONNECT_REASONS: Final = tuple(sorted(_CLIENT_RECONNECT_REASONS))
 PUBLISH_FAILURE_REASONS: Final = ("nack", "timeout", "connection", "unroutable")
 UNROUTABLE_ACTIONS: Final = ("alternate", "logged")
 HANDSHAKE_RESULTS: Final = ("success", "failure")
+LEASE_CHANGE_REASONS: Final = ("acquired", "released", "lost", "handed_over")
 
 # Receive -> broker confirm: sub-millisecond on a local broker, seconds when it is slow.
 LATENCY_BUCKETS: Final = (

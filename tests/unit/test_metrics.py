@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -211,3 +212,33 @@ def test_process_and_platform_series_are_served() -> None:
     (rss,) = found["process_resident_memory_bytes"]
     assert rss[1] > 1024 * 1024, rss  # a Python process with prometheus_client loaded
     assert "process_cpu_seconds_total" in found
+
+
+async def test_a_candidate_replicas_lease_series_start_at_zero() -> None:
+    # A coordinator that never held its endpoint: every lease-change reason is exposed at 0,
+    # so the flapping alert's increase() counts a replica's first change too.
+    from bridge.coordination import EndpointCoordinator
+    from bridge.metrics import LEASE_CHANGE_REASONS
+
+    async def never(*_args: object) -> int:
+        raise AssertionError("not called by the constructor")
+
+    registry = CollectorRegistry()
+    EndpointCoordinator(
+        "orders",
+        connection=lambda: None,
+        connected=asyncio.Event(),
+        start_worker=never,  # type: ignore[arg-type]
+        close_sink=never,
+        metrics=Metrics(registry),
+        publish_timeout=1.0,
+        shutdown_timeout=1.0,
+    )
+    found = samples(registry)
+    changes = {
+        labels["reason"]: v
+        for labels, v in found["cometd_bridge_lease_changes_total"]
+        if labels["endpoint"] == "orders"
+    }
+    assert changes == dict.fromkeys(LEASE_CHANGE_REASONS, 0.0)
+    assert found["cometd_bridge_endpoint_active"] == [({"endpoint": "orders"}, 0.0)]
