@@ -314,6 +314,9 @@ class SalesforceJwtAuth(_AuthCommon):
     derives_url: ClassVar[bool] = True
     kind: Literal["salesforce_jwt"]
     login_url: HttpUrl = "https://login.salesforce.com"
+    audience: HttpUrl | None = None
+    """The assertion's ``aud`` (default ``login_url``): an org that takes the token request
+    only at its My Domain may still expect ``https://login.salesforce.com`` here."""
     client_id: str
     username: str
     private_key: SecretStr | None = None

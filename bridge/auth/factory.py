@@ -88,6 +88,7 @@ def build_source(auth: AuthSettings, state_dir: Path | None = None) -> TokenSour
             auth.username,
             _required(auth.private_key, "private_key"),
             token_lifetime=auth.token_lifetime,
+            audience=None if auth.audience is None else str(auth.audience),
         )
     return None
 

@@ -400,8 +400,10 @@ class SalesforceJwt:
         *,
         token_lifetime: float = 7200.0,
         timeout: aiohttp.ClientTimeout = DEFAULT_TIMEOUT,
+        audience: str | None = None,
     ) -> None:
         self.login_url = login_url.rstrip("/")
+        self.audience = (audience or login_url).rstrip("/")
         self.client_id = client_id
         self.username = username
         pem = (
@@ -427,7 +429,8 @@ class SalesforceJwt:
 
     def __repr__(self) -> str:
         return (
-            f"SalesforceJwt(login_url={self.login_url!r}, client_id={self.client_id!r}, "
+            f"SalesforceJwt(login_url={self.login_url!r}, audience={self.audience!r}, "
+            f"client_id={self.client_id!r}, "
             f"username={self.username!r})"
         )
 
@@ -436,7 +439,7 @@ class SalesforceJwt:
         claims = {
             "iss": self.client_id,
             "sub": self.username,
-            "aud": self.login_url,
+            "aud": self.audience,
             "exp": int(now) + self.ASSERTION_LIFETIME,
         }
         from bridge.auth.jwt import build_assertion

@@ -52,6 +52,20 @@ def test_assertion_signature_and_claims(key: rsa.RSAPrivateKey) -> None:
     )
 
 
+def test_the_audience_may_differ_from_the_token_endpoint(key: rsa.RSAPrivateKey) -> None:
+    # An org reached at its My Domain that expects login.salesforce.com as the audience.
+    source = SalesforceJwt(
+        "https://acme.my.salesforce.com",
+        "client-1",
+        "user@example.test",
+        pem(key),
+        audience="https://login.salesforce.com/",
+    )
+    claims = json.loads(decode(source.assertion(now=1_700_000_000).split(".")[1]))
+    assert claims["aud"] == "https://login.salesforce.com"
+    assert source.token_url == "https://acme.my.salesforce.com/services/oauth2/token"
+
+
 def test_tampered_claims_fail_verification(key: rsa.RSAPrivateKey) -> None:
     assertion = build_assertion({"sub": "a"}, key)
     header_b64, _, signature_b64 = assertion.split(".")
