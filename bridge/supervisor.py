@@ -51,7 +51,7 @@ from bridge.pipeline.worker import EndpointWorker
 from bridge.positions import PositionKeeper, PositionStore
 from bridge.positions.lock import StateDirLock, StateDirLocked
 from bridge.rate_history import RateHistory
-from bridge.settings import Settings, mask_url
+from bridge.settings import Settings, amqp_urls, mask_url
 from bridge.tls import client_context
 
 
@@ -288,7 +288,13 @@ class Supervisor:
             except Exception as exc:  # broker down at start: keep trying, /readyz says why
                 delay = random.uniform(0.5, min(_AMQP_RETRY_MAX, 1.0 * 2**attempt))
                 attempt += 1
-                log.warning("AMQP connection failed", error=str(exc), retry_in=round(delay, 1))
+                hint = _amqp_failure_hint(exc, self.settings)
+                log.warning(
+                    "AMQP connection failed",
+                    error=str(exc),
+                    retry_in=round(delay, 1),
+                    **({"hint": hint} if hint else {}),
+                )
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):
                         await self._stop.wait()
@@ -609,6 +615,24 @@ def _samples_by(metric: Any, label: str, **match: str) -> dict[str, float]:
             if all(sample.labels.get(k) == v for k, v in match.items()):
                 result[sample.labels[label]] = sample.value
     return result
+
+
+def _amqp_failure_hint(exc: BaseException, settings: Settings) -> str | None:
+    """What a bare connection reset from a TLS broker most likely means. A broker that requires
+    a client certificate refuses one only after the handshake; its alert is usually lost to
+    the reset that follows, so the error alone names nothing."""
+    if settings.amqp_cert_file is not None:
+        return None
+    urls = amqp_urls(settings.amqp_url.get_secret_value())
+    if not any(url.lower().startswith("amqps://") for url in urls):
+        return None
+    text = f"{exc!r} {exc}".lower()
+    if "reset" not in text and "certificate required" not in text:
+        return None
+    return (
+        "a TLS broker that requires a client certificate resets the connection: if it does, "
+        "set BRIDGE_AMQP_CERT_FILE and BRIDGE_AMQP_KEY_FILE"
+    )
 
 
 def _describe(exc: BaseException) -> str:
