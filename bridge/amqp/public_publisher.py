@@ -38,7 +38,6 @@ from typing import Any, Final, TypeVar, cast
 
 import aio_pika
 import aio_pika.abc
-import aiormq.abc
 from aio_pika.exceptions import (
     AMQPError,
     ChannelInvalidStateError,
@@ -47,6 +46,7 @@ from aio_pika.exceptions import (
     PublishError,
 )
 
+from bridge.amqp.attach import ChannelAttacher, Underlay
 from bridge.amqp.frames import check_shortstr, encode_headers
 from bridge.amqp.publisher import NullHooks, Publishable, PublisherHooks, PublishResult
 from bridge.amqp.returns import ReturnAction, on_returned
@@ -62,9 +62,6 @@ _NACK_BACKOFF_FIRST: Final = 0.05
 _NACK_BACKOFF_MAX: Final = 2.0
 _LOSS_BACKOFF_FIRST: Final = 0.05
 _LOSS_BACKOFF_MAX: Final = 5.0
-# aio-pika restores a channel from a task scheduled by the close; there is no event for "the
-# new underlay exists", so look again after this long.
-_REATTACH_POLL: Final = 0.05
 _CLOSE_HANDSHAKE: Final = 5.0
 _EXCHANGE_CACHE_MAX: Final = 4096
 # Raised while building or encoding a message: the message itself is at fault, so retrying it
@@ -73,7 +70,6 @@ _ENCODING_ERRORS: Final = (ValueError, TypeError, OverflowError, struct.error, R
 
 M = TypeVar("M", bound=Publishable)
 DoneCallback = Callable[[Any, PublishResult], None]
-Underlay = aiormq.abc.AbstractChannel
 
 
 class _Entry:
@@ -126,6 +122,7 @@ class PublicApiPublisher:
         self._loop = asyncio.get_running_loop()
 
         self._channel: aio_pika.abc.AbstractRobustChannel | None = None
+        self._attacher: ChannelAttacher | None = None
         # The underlay channel publishes currently go to; None after it was lost or retired.
         self._attached: Underlay | None = None
         # The last underlay lost or retired: never attach to it again (aio-pika may report it
@@ -159,6 +156,7 @@ class PublicApiPublisher:
             publisher_confirms=True, on_return_raises=True
         )
         self._channel.close_callbacks.add(self._on_channel_closed)
+        self._attacher = ChannelAttacher(self._channel, self.endpoint, self._wake.set)
         await self._attach()
         self._writer_task = asyncio.create_task(
             self._writer(), name=f"amqp-public-writer-{self.endpoint}"
@@ -226,6 +224,8 @@ class PublicApiPublisher:
         if left:
             log.warning("closing publisher %s with %d messages unconfirmed", self.endpoint, left)
         self._attached = None
+        if self._attacher is not None:
+            self._attacher.close()
         channel = self._channel
         if channel is not None and not channel.is_closed:
             # aio-pika#668: restore may race the close during shutdown; nothing to keep.
@@ -238,16 +238,8 @@ class PublicApiPublisher:
 
     async def _attach(self) -> None:
         """Wait until aio-pika has an open channel that is not the one just lost or retired."""
-        channel = self._channel
-        assert channel is not None
-        while True:
-            await channel.ready()
-            with contextlib.suppress(AMQPError, ChannelInvalidStateError):
-                underlay = await channel.get_underlay_channel()
-                usable = not channel.is_closed and not underlay.is_closed
-                if usable and underlay is not self._lost_underlay:
-                    break
-            await asyncio.sleep(_REATTACH_POLL)  # no event for "the reopened channel exists"
+        assert self._attacher is not None
+        underlay = await self._attacher.usable(self._lost_underlay)
         self._attached = underlay
         self._exchanges.clear()  # bound to the channel object, but cheap: start afresh
 

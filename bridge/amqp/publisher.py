@@ -39,6 +39,7 @@ from aiormq.exceptions import ChannelNotFoundEntity
 from pamqp import commands as spec
 from pamqp.header import ContentHeader
 
+from bridge.amqp.attach import ChannelAttacher
 from bridge.amqp.frames import SHORTSTR_SAFE_CHARS, FrameEncoder, check_shortstr, encode_headers
 from bridge.amqp.returns import ReturnAction, on_returned
 from bridge.pipeline.sink import Publishable, PublishResult, retries_until_routed
@@ -62,8 +63,6 @@ _NACK_BACKOFF_MAX: Final = 2.0
 # before publishing again.
 _LOSS_BACKOFF_FIRST: Final = 0.05
 _LOSS_BACKOFF_MAX: Final = 5.0
-# How long to wait between checks while aio-pika has not yet swapped in the reopened channel.
-_REATTACH_POLL: Final = 0.05
 # Longest wait for a polite channel/connection close at shutdown.
 _CLOSE_HANDSHAKE: Final = 5.0
 
@@ -159,6 +158,7 @@ class AmqpSink:
         self._loop = asyncio.get_running_loop()
 
         self._robust: aio_pika.abc.AbstractRobustChannel | None = None
+        self._attacher: ChannelAttacher | None = None
         self._ch: aiormq.Channel | None = None  # the attached underlay, hooks installed
         self._encoder: FrameEncoder | None = None
         # Delivery tag of ``_window[0]``, or the next tag to use while the window is empty.
@@ -191,6 +191,7 @@ class AmqpSink:
         self._robust = await self._connection.channel(
             publisher_confirms=True, on_return_raises=False
         )
+        self._attacher = ChannelAttacher(self._robust, self.endpoint, self._wake.set)
         await self._attach()
         self._tasks = [
             asyncio.create_task(self._writer(), name=f"amqp-writer-{self.endpoint}"),
@@ -262,6 +263,8 @@ class AmqpSink:
         if left:
             log.warning("closing publisher %s with %d messages unconfirmed", self.endpoint, left)
         self._ch = None  # late confirms of the closing channel are ignored
+        if self._attacher is not None:
+            self._attacher.close()
         if self._robust is not None and not self._robust.is_closed:
             # Known aio-pika#668: restore may race the close during shutdown; nothing to keep.
             # Bounded: on a black-holed link the close handshake never completes.
@@ -273,15 +276,8 @@ class AmqpSink:
 
     async def _attach(self) -> aiormq.Channel:
         """Wait until aio-pika has an open underlay channel and take over its confirm frames."""
-        assert self._robust is not None
-        while True:
-            await self._robust.ready()
-            ch = cast(aiormq.Channel, await self._robust.get_underlay_channel())
-            if not ch.is_closed and ch is not self._retired:
-                break
-            # aio-pika swaps in the reopened channel from a task scheduled by the close; there
-            # is no event for "the new underlay exists", so look again shortly.
-            await asyncio.sleep(_REATTACH_POLL)
+        assert self._attacher is not None
+        ch = cast(aiormq.Channel, await self._attacher.usable(self._retired))
         self._ch = ch
         self._first_tag = 1  # confirm.select on a fresh channel numbers from 1
         self._encoder = FrameEncoder(ch.number, ch.connection.connection_tune.frame_max)
@@ -361,12 +357,13 @@ class AmqpSink:
                 await self._restart_channel("writer_error")
 
     async def _write_pending(self) -> None:
-        if not self._pending:
-            return
         ch = self._ch
         if ch is None or ch.is_closed:
+            # Even with nothing to publish: ``ready`` turns true again once the channel is back.
             await self._recover()
             ch = await self._attach()
+        if not self._pending:
+            return
         room = self._max_inflight - len(self._window)
         if room <= 0:
             return  # an ack frees room and wakes us
