@@ -313,11 +313,18 @@ class PublicApiPublisher:
         underlay = self._attached
         assert underlay is not None
         pending, by_id = self._pending, self._by_id
-        # After a loss, one message goes alone until the broker answers: concurrent publishes
-        # to an exchange that is missing make aiormq write frames after the broker closed the
-        # channel, and the broker then closes the whole connection (504 CHANNEL_ERROR).
+        # A publish to a missing exchange closes the channel (404), and aiormq still writes the
+        # publishes queued behind it on the channel, after its close: the broker then closes
+        # the whole connection (504 CHANNEL_ERROR), every endpoint's channel with it. So a
+        # message goes alone, after everything in flight, until the broker answered: after a
+        # loss, and to an exchange not yet answered for on this channel.
         limit = self._max_inflight if not self._losses else 1
+        answered = self._exchanges
         while pending and len(by_id) < limit:
+            if pending[0].exchange not in answered:
+                if by_id:
+                    break  # the last one in flight wakes the writer
+                limit = 1
             e = pending.popleft()
             mid = e.msg.message_id
             if mid in by_id:
@@ -370,29 +377,38 @@ class PublicApiPublisher:
             self._hooks.on_failure(reason, count)
         self._hooks.on_redelivered(len(lost))
 
-    async def _exchange(self, name: str) -> aio_pika.abc.AbstractExchange:
+    async def _exchange(self, name: str) -> tuple[aio_pika.abc.AbstractExchange, bool]:
+        """The exchange object, and whether the broker already answered a publish to it on
+        this channel (only those are kept: see :meth:`_write_pending`)."""
         exchange = self._exchanges.get(name)
-        if exchange is None:
-            assert self._channel is not None
-            # ensure=False: no broker round trip (we declared it; a missing one closes the
-            # channel with 404 on publish, and the topology is declared again).
-            exchange = await self._channel.get_exchange(name, ensure=False)
-            if len(self._exchanges) >= _EXCHANGE_CACHE_MAX:  # unbounded names: stay bounded
-                self._exchanges.clear()
-            self._exchanges[name] = exchange
-        return exchange
+        if exchange is not None:
+            return exchange, True
+        assert self._channel is not None
+        # ensure=False: no broker round trip (we declared it; a missing one closes the
+        # channel with 404 on publish, and the topology is declared again).
+        return await self._channel.get_exchange(name, ensure=False), False
+
+    def _answered(self, name: str, exchange: aio_pika.abc.AbstractExchange) -> None:
+        """The broker answered a publish to ``name``: it exists, publish to it freely."""
+        if len(self._exchanges) >= _EXCHANGE_CACHE_MAX:  # unbounded names: stay bounded
+            self._exchanges.clear()
+        self._exchanges[name] = exchange
 
     # -- one publish ------------------------------------------------------------------------
 
     async def _publish(self, underlay: Underlay, e: _Entry, amqp: aio_pika.Message) -> None:
         """Publish one message and settle it from what aio-pika reports."""
+        exchange: aio_pika.abc.AbstractExchange | None = None
+        known = False
         try:
-            exchange = await self._exchange(e.exchange)
+            exchange, known = await self._exchange(e.exchange)
             await exchange.publish(
                 amqp, e.msg.routing_key, mandatory=True, timeout=self._publish_timeout
             )
         except PublishError as exc:  # returned as unroutable (before its ack)
             self._losses = 0
+            if not known and exchange is not None:
+                self._answered(e.exchange, exchange)
             frame = exc.frame
             code = getattr(frame, "reply_code", 0) or 0
             text = getattr(frame, "reply_text", "") or ""
@@ -400,6 +416,8 @@ class PublicApiPublisher:
             self._unroutable(e, code, text)
         except DeliveryError:  # nacked
             self._losses = 0
+            if not known and exchange is not None:
+                self._answered(e.exchange, exchange)
             self._release(e)
             self._hooks.on_failure("nack", 1)
             e.nacks += 1
@@ -432,6 +450,8 @@ class PublicApiPublisher:
             self._lost_with(underlay, e, exc)
         else:
             self._losses = 0  # the channel works: the next loss starts the back-off over
+            if not known:
+                self._answered(e.exchange, exchange)
             self._release(e)
             rerouted = e.exchange != e.msg.exchange
             self._finish(e, PublishResult.ALTERNATE if rerouted else PublishResult.CONFIRMED)
