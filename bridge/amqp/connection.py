@@ -17,6 +17,7 @@ from yarl import URL
 from bridge.amqp.public_publisher import PublicApiPublisher
 from bridge.amqp.publisher import AmqpSink, PublisherHooks
 from bridge.amqp.setup_step import TopologyError, run_step
+from bridge.amqp.sink_base import CLOSE_HANDSHAKE
 
 
 __all__ = ["AmqpConnection", "TopologyError"]
@@ -24,8 +25,6 @@ __all__ = ["AmqpConnection", "TopologyError"]
 log = logging.getLogger(__name__)
 
 StateCallback = Callable[[bool], None]
-# Longest wait for a polite close of a short-lived declaring channel.
-_CLOSE_HANDSHAKE = 5.0
 EndpointSink = AmqpSink | PublicApiPublisher
 
 
@@ -157,7 +156,7 @@ class AmqpConnection:
                 if not channel.is_closed:
                     # Bounded: on a dead link the close handshake never completes.
                     with contextlib.suppress(Exception):
-                        await asyncio.wait_for(channel.close(), _CLOSE_HANDSHAKE)
+                        await asyncio.wait_for(channel.close(), CLOSE_HANDSHAKE)
 
         await run_step(conn, what, step, within=self._publish_timeout)
 

@@ -6,7 +6,6 @@ confirm (each one reported confirmed is looked for in a real queue)."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import aio_pika
@@ -18,6 +17,7 @@ from bridge.amqp.connection import EndpointSink
 from tests.fixtures.rabbitmq import unique_name
 from tests.integration.amqp.helpers import (
     Collector,
+    FullWindow,
     RecordingHooks,
     Results,
     bound_queue,
@@ -50,9 +50,9 @@ async def _consumed(
 
 
 def _robust_channel(sink: EndpointSink) -> aio_pika.abc.AbstractRobustChannel:
-    """The sink's robust channel (the test breaks its current underlay)."""
-    channel = getattr(sink, "_robust", None) or getattr(sink, "_channel", None)
-    assert isinstance(channel, aio_pika.abc.AbstractRobustChannel)
+    """The sink's robust channel (the test closes its current underlay from outside)."""
+    channel = sink._channel
+    assert channel is not None
     return channel
 
 
@@ -117,33 +117,13 @@ async def test_the_channel_closed_under_a_full_window_loses_and_fakes_nothing(
     hooks = RecordingHooks()
     ep = await pub.channel_for("ep", hooks=hooks, max_inflight=512)
     results = Results()
-    submitted = 0
-    closed = asyncio.Event()
-    room = asyncio.Event()
-
-    def on_done(msg: object, result: PublishResult) -> None:
-        results(msg, result)  # type: ignore[arg-type]
-        if ep.outstanding < 2000:
-            room.set()
-
-    async def produce() -> None:
-        # Keeps the window full until the close, then a while longer.
-        nonlocal submitted
-        while not closed.is_set() or submitted < 5_000:
-            for _ in range(500):
-                ep.submit(message(exchange, submitted), on_done)
-                submitted += 1
-            room.clear()
-            if ep.outstanding >= 2000:
-                await room.wait()
-
-    producer = asyncio.create_task(produce())
+    window = FullWindow(ep, exchange, results, at_least=5_000)
     await results.wait_for(2000, within=30)
     underlay = await _robust_channel(ep).get_underlay_channel()
     await underlay.close()
-    closed.set()
-    async with asyncio.timeout(60):
-        await producer
+    window.fault_landed()
+    await window.finished()
+    submitted = window.submitted
     await results.wait_for(submitted, within=60)
 
     assert hooks.failures["connection"] >= 1, hooks.failures
