@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aio_pika
@@ -16,9 +16,11 @@ from yarl import URL
 
 from bridge.amqp.public_publisher import PublicApiPublisher
 from bridge.amqp.publisher import AmqpSink, PublisherHooks
+from bridge.amqp.setup_step import TopologyError, run_step
+from bridge.amqp.sink_base import CLOSE_HANDSHAKE
 
 
-__all__ = ["AmqpConnection"]
+__all__ = ["AmqpConnection", "TopologyError"]
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +119,8 @@ class AmqpConnection:
         arguments: FieldTable | None = (
             {"alternate-exchange": alternate_exchange} if alternate_exchange else None
         )
-        channel = await self.connection.channel(publisher_confirms=False)
-        try:
+
+        async def declare(channel: aio_pika.abc.AbstractChannel) -> None:
             await channel.declare_exchange(
                 name,
                 aio_pika.ExchangeType(type),
@@ -126,20 +128,37 @@ class AmqpConnection:
                 auto_delete=auto_delete,
                 arguments=arguments,
             )
-        finally:
-            if not channel.is_closed:
-                await channel.close()
+
+        await self._on_short_channel(f"declaring exchange {name!r}", declare)
 
     async def declare_bound_queue(self, queue: str, exchange: str, routing_key: str = "#") -> None:
         """Declare a durable queue bound to ``exchange`` (idempotent; on a short-lived channel
         like :meth:`declare_exchange`)."""
-        channel = await self.connection.channel(publisher_confirms=False)
-        try:
+
+        async def declare(channel: aio_pika.abc.AbstractChannel) -> None:
             declared = await channel.declare_queue(queue, durable=True)
             await declared.bind(exchange, routing_key)
-        finally:
-            if not channel.is_closed:
-                await channel.close()
+
+        await self._on_short_channel(f"declaring queue {queue!r} bound to {exchange!r}", declare)
+
+    async def _on_short_channel(
+        self, what: str, declare: Callable[[aio_pika.abc.AbstractChannel], Awaitable[None]]
+    ) -> None:
+        """Run ``declare`` on a channel of its own, closed afterwards (bounded), as one setup
+        step: tried again after a reconnect, a refusal raised as :class:`TopologyError`."""
+        conn = self.connection
+
+        async def step() -> None:
+            channel = await conn.channel(publisher_confirms=False)
+            try:
+                await declare(channel)
+            finally:
+                if not channel.is_closed:
+                    # Bounded: on a dead link the close handshake never completes.
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(channel.close(), CLOSE_HANDSHAKE)
+
+        await run_step(conn, what, step, within=self._publish_timeout)
 
     async def channel_for(
         self,
@@ -156,19 +175,39 @@ class AmqpConnection:
             raise ValueError(f"endpoint {endpoint!r} already has a publisher")
         # The one place a RabbitMQ sink is built (the class is chosen once, at start).
         sink_class = self._sink_class if self._sink_class is not None else AmqpSink
-        publisher = sink_class(
-            self.connection,
-            endpoint,
-            hooks=hooks,
-            alternate_exchange=alternate_exchange,
-            max_inflight=max_inflight,
-            publish_timeout=self._publish_timeout,
-            redeclare=self.redeclare,
-            max_nacks=max_nacks,
+        conn = self.connection
+        publisher: EndpointSink | None = None
+
+        async def open_sink() -> EndpointSink:
+            nonlocal publisher
+            publisher = sink_class(
+                conn,
+                endpoint,
+                hooks=hooks,
+                alternate_exchange=alternate_exchange,
+                max_inflight=max_inflight,
+                publish_timeout=self._publish_timeout,
+                redeclare=self.redeclare,
+                max_nacks=max_nacks,
+            )
+            await publisher.start()
+            return publisher
+
+        async def close_half_open() -> None:
+            # A try that failed half way leaves no channel behind for aio-pika to restore.
+            if publisher is not None:
+                with contextlib.suppress(Exception):
+                    await publisher.close(0)
+
+        opened = await run_step(
+            conn,
+            f"opening the publishing channel of endpoint {endpoint!r}",
+            open_sink,
+            within=self._publish_timeout,
+            cleanup=close_half_open,
         )
-        await publisher.start()
-        self._endpoints[endpoint] = publisher
-        return publisher
+        self._endpoints[endpoint] = opened
+        return opened
 
     async def redeclare(self) -> None:
         """Declare every exchange declared so far again (idempotent with the same arguments)."""

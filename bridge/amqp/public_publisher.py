@@ -28,17 +28,14 @@ behave as on the fast path.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import struct
-from collections import Counter, deque
-from collections.abc import Awaitable, Callable
-from functools import partial
-from typing import Any, Final, TypeVar, cast
+from collections import Counter
+from collections.abc import Callable
+from typing import Final, TypeVar, cast
 
 import aio_pika
 import aio_pika.abc
-import aiormq.abc
 from aio_pika.exceptions import (
     AMQPError,
     ChannelInvalidStateError,
@@ -47,33 +44,22 @@ from aio_pika.exceptions import (
     PublishError,
 )
 
+from bridge.amqp.attach import Underlay
 from bridge.amqp.frames import check_shortstr, encode_headers
-from bridge.amqp.publisher import NullHooks, Publishable, PublisherHooks, PublishResult
-from bridge.amqp.returns import ReturnAction, on_returned
-from bridge.pipeline.sink import retries_until_routed
+from bridge.amqp.sink_base import DoneCallback, SinkBase
+from bridge.pipeline.sink import Publishable, PublishResult
 
 
 __all__ = ["PublicApiPublisher"]
 
 log = logging.getLogger(__name__)
 
-# Same back-offs as the fast publisher, so both behave alike towards a refusing broker.
-_NACK_BACKOFF_FIRST: Final = 0.05
-_NACK_BACKOFF_MAX: Final = 2.0
-_LOSS_BACKOFF_FIRST: Final = 0.05
-_LOSS_BACKOFF_MAX: Final = 5.0
-# aio-pika restores a channel from a task scheduled by the close; there is no event for "the
-# new underlay exists", so look again after this long.
-_REATTACH_POLL: Final = 0.05
-_CLOSE_HANDSHAKE: Final = 5.0
 _EXCHANGE_CACHE_MAX: Final = 4096
 # Raised while building or encoding a message: the message itself is at fault, so retrying it
 # would fail forever. Everything else is the channel's or the broker's trouble.
 _ENCODING_ERRORS: Final = (ValueError, TypeError, OverflowError, struct.error, RecursionError)
 
 M = TypeVar("M", bound=Publishable)
-DoneCallback = Callable[[Any, PublishResult], None]
-Underlay = aiormq.abc.AbstractChannel
 
 
 class _Entry:
@@ -91,41 +77,13 @@ class _Entry:
         self.nacks = 0
 
 
-class PublicApiPublisher:
-    """Publishes one endpoint's messages on its own confirm channel, via aio-pika's public API.
+class PublicApiPublisher(SinkBase[_Entry]):
+    """Publishes one endpoint's messages on its own confirm channel, via aio-pika's public API
+    (the rest is :class:`~bridge.amqp.sink_base.SinkBase`). Drop-in for ``AmqpSink``."""
 
-    ``submit(msg, done)`` never blocks and never raises for transient trouble; ``done(msg,
-    result)`` is called exactly once, from the event loop, when the broker settled the message.
-    ``publish(msg)`` is the same as a future. Drop-in for ``AmqpSink``.
-    """
+    _log = log
 
-    def __init__(
-        self,
-        connection: aio_pika.abc.AbstractRobustConnection,
-        endpoint: str,
-        *,
-        hooks: PublisherHooks | None = None,
-        alternate_exchange: str | None = None,
-        max_inflight: int = 512,
-        publish_timeout: float = 10.0,
-        redeclare: Callable[[], Awaitable[None]] | None = None,
-        max_nacks: int | None = None,
-    ) -> None:
-        if max_inflight < 1:
-            raise ValueError("max_inflight must be positive")
-        if max_nacks is not None and max_nacks < 1:
-            raise ValueError("max_nacks must be positive")
-        self.endpoint = endpoint
-        self._max_nacks = max_nacks
-        self._connection = connection
-        self._hooks: PublisherHooks = hooks or NullHooks()
-        self._alternate = alternate_exchange
-        self._max_inflight = max_inflight
-        self._publish_timeout = publish_timeout
-        self._redeclare = redeclare
-        self._loop = asyncio.get_running_loop()
-
-        self._channel: aio_pika.abc.AbstractRobustChannel | None = None
+    def _init_path(self) -> None:
         # The underlay channel publishes currently go to; None after it was lost or retired.
         self._attached: Underlay | None = None
         # The last underlay lost or retired: never attach to it again (aio-pika may report it
@@ -134,43 +92,25 @@ class PublicApiPublisher:
         self._timed_out: Underlay | None = None  # retired for a confirm timeout
         self._exchanges: dict[str, aio_pika.abc.AbstractExchange] = {}
         self._seq = 0
-        self._pending: deque[_Entry] = deque()  # accepted, not yet handed to aio-pika
-        self._by_id: dict[str, _Entry] = {}  # publishing, awaiting the confirm, by message_id
-        self._blocked: dict[str, list[_Entry]] = {}  # waiting for the same id to settle
         self._lost: list[tuple[_Entry, str]] = []  # lost with their channel, and why
-        self._outstanding = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._wake = asyncio.Event()
-        self._losses = 0  # channel losses since the last broker answer: the loss back-off
-        self._missing_entity = False  # the broker closed the channel with 404 NOT_FOUND
-        self._closing = False
         self._stopped = False  # close() gave up: no more done callbacks
         self._writer_task: asyncio.Task[None] | None = None
         self._publishes: set[asyncio.Task[None]] = set()
         self._background: set[asyncio.Task[None]] = set()
-        self._retries: set[asyncio.TimerHandle] = set()
 
     # -- public API -------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Open the channel (publisher confirms on, returns raised) and start the writer."""
-        self._channel = await self._connection.channel(
-            publisher_confirms=True, on_return_raises=True
-        )
-        self._channel.close_callbacks.add(self._on_channel_closed)
+        channel = await self._open_channel(on_return_raises=True)
+        channel.close_callbacks.add(self._on_channel_closed)
         await self._attach()
         self._writer_task = asyncio.create_task(
             self._writer(), name=f"amqp-public-writer-{self.endpoint}"
         )
 
     def submit(self, msg: M, done: Callable[[M, PublishResult], None]) -> None:
-        """Queue ``msg``; ``done(msg, result)`` runs once the broker settled it.
-
-        Raises ``ValueError``/``TypeError`` at once for a message that can never be encoded
-        (exchange, routing key, header name or message_id over 255 bytes, a body that is not
-        bytes, an unsupported header value), so one bad message never reaches the writer.
-        """
+        """See :meth:`SinkBase.submit`."""
         if self._closing:
             raise RuntimeError(f"publisher for {self.endpoint!r} is closed")
         _validate(msg)
@@ -180,21 +120,10 @@ class PublicApiPublisher:
         self._idle.clear()
         self._wake.set()
 
-    def publish(self, msg: M) -> asyncio.Future[PublishResult]:
-        """Queue ``msg``; the future resolves with the result once the broker settled it."""
-        fut: asyncio.Future[PublishResult] = self._loop.create_future()
-        self.submit(msg, partial(_resolve, fut))
-        return fut
-
     @property
     def inflight(self) -> int:
         """Published, awaiting the broker's confirm."""
         return len(self._by_id)
-
-    @property
-    def outstanding(self) -> int:
-        """Accepted and not yet done (queued, in flight, or waiting to be retried)."""
-        return self._outstanding
 
     @property
     def ready(self) -> bool:
@@ -202,20 +131,11 @@ class PublicApiPublisher:
         ch = self._channel
         return self._attached is not None and ch is not None and not ch.is_closed
 
-    async def wait_idle(self) -> None:
-        """Return once every accepted message is done."""
-        await self._idle.wait()
-
     async def close(self, deadline: float = 10.0) -> int:
         """Stop accepting, wait up to ``deadline`` s for outstanding confirms; return how many
         were left unconfirmed (their ``done`` is never called)."""
-        self._closing = True
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(deadline):
-                await self._idle.wait()
+        await self._drain(deadline)
         self._stopped = True
-        for handle in self._retries:
-            handle.cancel()
         tasks = [*self._publishes, *self._background]
         if self._writer_task is not None:
             tasks.append(self._writer_task)
@@ -223,31 +143,16 @@ class PublicApiPublisher:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         left = self._outstanding
-        if left:
-            log.warning("closing publisher %s with %d messages unconfirmed", self.endpoint, left)
         self._attached = None
-        channel = self._channel
-        if channel is not None and not channel.is_closed:
-            # aio-pika#668: restore may race the close during shutdown; nothing to keep.
-            # Bounded: on a black-holed link the close handshake never completes.
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(channel.close(), _CLOSE_HANDSHAKE)
+        await self._close_channel(left)
         return left
 
     # -- channel attachment -----------------------------------------------------------------
 
     async def _attach(self) -> None:
         """Wait until aio-pika has an open channel that is not the one just lost or retired."""
-        channel = self._channel
-        assert channel is not None
-        while True:
-            await channel.ready()
-            with contextlib.suppress(AMQPError, ChannelInvalidStateError):
-                underlay = await channel.get_underlay_channel()
-                usable = not channel.is_closed and not underlay.is_closed
-                if usable and underlay is not self._lost_underlay:
-                    break
-            await asyncio.sleep(_REATTACH_POLL)  # no event for "the reopened channel exists"
+        assert self._attacher is not None
+        underlay = await self._attacher.usable(self._lost_underlay)
         self._attached = underlay
         self._exchanges.clear()  # bound to the channel object, but cheap: start afresh
 
@@ -256,24 +161,6 @@ class PublicApiPublisher:
         if isinstance(exc, ChannelNotFoundEntity):
             self._missing_entity = True
         self._wake.set()  # the writer attaches to the restored channel
-
-    async def _recover(self) -> None:
-        """Before re-attaching after a loss: back off, and declare the topology again if the
-        broker said an exchange is missing (someone deleted it; we declared it at start)."""
-        if self._losses:
-            delay = min(_LOSS_BACKOFF_MAX, _LOSS_BACKOFF_FIRST * 2 ** (self._losses - 1))
-            await asyncio.sleep(delay)  # back-off, not synchronisation
-        if self._missing_entity and self._redeclare is not None:
-            assert self._channel is not None
-            # The broker may have closed the whole connection meanwhile (see _write_pending):
-            # declare once it is back, or the declaration fails too.
-            await self._channel.ready()
-            log.warning("publisher %s: an exchange is missing; declaring it again", self.endpoint)
-            try:
-                await self._redeclare()
-                self._missing_entity = False
-            except Exception as exc:  # tried again after the next loss's longer back-off
-                log.error("publisher %s: declaring the topology failed: %s", self.endpoint, exc)
 
     def _channel_lost(self, underlay: Underlay) -> None:
         """Count one loss per underlay channel and stop publishing to it."""
@@ -321,11 +208,18 @@ class PublicApiPublisher:
         underlay = self._attached
         assert underlay is not None
         pending, by_id = self._pending, self._by_id
-        # After a loss, one message goes alone until the broker answers: concurrent publishes
-        # to an exchange that is missing make aiormq write frames after the broker closed the
-        # channel, and the broker then closes the whole connection (504 CHANNEL_ERROR).
+        # A publish to a missing exchange closes the channel (404), and aiormq still writes the
+        # publishes queued behind it on the channel, after its close: the broker then closes
+        # the whole connection (504 CHANNEL_ERROR), every endpoint's channel with it. So a
+        # message goes alone, after everything in flight, until the broker answered: after a
+        # loss, and to an exchange not yet answered for on this channel.
         limit = self._max_inflight if not self._losses else 1
+        answered = self._exchanges
         while pending and len(by_id) < limit:
+            if pending[0].exchange not in answered:
+                if by_id:
+                    break  # the last one in flight wakes the writer
+                limit = 1
             e = pending.popleft()
             mid = e.msg.message_id
             if mid in by_id:
@@ -378,29 +272,38 @@ class PublicApiPublisher:
             self._hooks.on_failure(reason, count)
         self._hooks.on_redelivered(len(lost))
 
-    async def _exchange(self, name: str) -> aio_pika.abc.AbstractExchange:
+    async def _exchange(self, name: str) -> tuple[aio_pika.abc.AbstractExchange, bool]:
+        """The exchange object, and whether the broker already answered a publish to it on
+        this channel (only those are kept: see :meth:`_write_pending`)."""
         exchange = self._exchanges.get(name)
-        if exchange is None:
-            assert self._channel is not None
-            # ensure=False: no broker round trip (we declared it; a missing one closes the
-            # channel with 404 on publish, and the topology is declared again).
-            exchange = await self._channel.get_exchange(name, ensure=False)
-            if len(self._exchanges) >= _EXCHANGE_CACHE_MAX:  # unbounded names: stay bounded
-                self._exchanges.clear()
-            self._exchanges[name] = exchange
-        return exchange
+        if exchange is not None:
+            return exchange, True
+        assert self._channel is not None
+        # ensure=False: no broker round trip (we declared it; a missing one closes the
+        # channel with 404 on publish, and the topology is declared again).
+        return await self._channel.get_exchange(name, ensure=False), False
+
+    def _answered(self, name: str, exchange: aio_pika.abc.AbstractExchange) -> None:
+        """The broker answered a publish to ``name``: it exists, publish to it freely."""
+        if len(self._exchanges) >= _EXCHANGE_CACHE_MAX:  # unbounded names: stay bounded
+            self._exchanges.clear()
+        self._exchanges[name] = exchange
 
     # -- one publish ------------------------------------------------------------------------
 
     async def _publish(self, underlay: Underlay, e: _Entry, amqp: aio_pika.Message) -> None:
         """Publish one message and settle it from what aio-pika reports."""
+        exchange: aio_pika.abc.AbstractExchange | None = None
+        known = False
         try:
-            exchange = await self._exchange(e.exchange)
+            exchange, known = await self._exchange(e.exchange)
             await exchange.publish(
                 amqp, e.msg.routing_key, mandatory=True, timeout=self._publish_timeout
             )
         except PublishError as exc:  # returned as unroutable (before its ack)
             self._losses = 0
+            if not known and exchange is not None:
+                self._answered(e.exchange, exchange)
             frame = exc.frame
             code = getattr(frame, "reply_code", 0) or 0
             text = getattr(frame, "reply_text", "") or ""
@@ -408,6 +311,8 @@ class PublicApiPublisher:
             self._unroutable(e, code, text)
         except DeliveryError:  # nacked
             self._losses = 0
+            if not known and exchange is not None:
+                self._answered(e.exchange, exchange)
             self._release(e)
             self._hooks.on_failure("nack", 1)
             e.nacks += 1
@@ -440,6 +345,8 @@ class PublicApiPublisher:
             self._lost_with(underlay, e, exc)
         else:
             self._losses = 0  # the channel works: the next loss starts the back-off over
+            if not known:
+                self._answered(e.exchange, exchange)
             self._release(e)
             rerouted = e.exchange != e.msg.exchange
             self._finish(e, PublishResult.ALTERNATE if rerouted else PublishResult.CONFIRMED)
@@ -468,78 +375,9 @@ class PublicApiPublisher:
         if self._pending or self._lost:
             self._wake.set()
 
-    def _refused(self, e: _Entry) -> bool:
-        """Nacked ``max_nacks`` times: give it back to the caller instead of retrying."""
-        if self._max_nacks is None or e.nacks < self._max_nacks or retries_until_routed(e.msg):
-            return False
-        log.warning(
-            "publisher %s: message nacked %d times; not retried: message_id=%.300s exchange=%.300s",
-            self.endpoint,
-            e.nacks,
-            e.msg.message_id,
-            e.exchange,
-        )
-        return True
-
     def _finish(self, e: _Entry, result: PublishResult) -> None:
-        if self._stopped:
-            return
-        self._outstanding -= 1
-        if not self._outstanding:
-            self._idle.set()
-        try:
-            e.done(e.msg, result)
-        except Exception:
-            log.exception("publisher %s: done callback failed", self.endpoint)
-
-    def _reject(self, e: _Entry, exc: BaseException) -> None:
-        try:
-            mid: object = e.msg.message_id
-        except Exception:
-            mid = "?"
-        log.error(
-            "publisher %s: message cannot be encoded and is not published: message_id=%.300s "
-            "exchange=%.300s error=%s: %.300s",
-            self.endpoint,
-            mid,
-            e.exchange,
-            type(exc).__name__,
-            exc,
-        )
-        self._finish(e, PublishResult.UNPUBLISHABLE)
-
-    def _retry_later(self, e: _Entry) -> None:
-        delay = min(_NACK_BACKOFF_MAX, _NACK_BACKOFF_FIRST * 2 ** max(0, e.attempts - 1))
-        handle: asyncio.TimerHandle | None = None
-
-        def requeue() -> None:
-            self._retries.discard(cast(asyncio.TimerHandle, handle))
-            self._pending.appendleft(e)
-            self._wake.set()
-
-        handle = self._loop.call_later(delay, requeue)
-        self._retries.add(handle)
-
-    def _unroutable(self, e: _Entry, code: int, text: str) -> None:
-        action = on_returned(
-            e.msg,
-            exchange=e.exchange,
-            alternate=self._alternate,
-            code=code,
-            text=text,
-            endpoint=self.endpoint,
-            hooks=self._hooks,
-            log=log,
-        )
-        if action is ReturnAction.RETRY:
-            self._retry_later(e)
-        elif action is ReturnAction.ALTERNATE:
-            assert self._alternate is not None
-            e.exchange = self._alternate
-            self._pending.appendleft(e)
-            self._wake.set()
-        else:
-            self._finish(e, PublishResult.RETURNED)
+        if not self._stopped:  # after close() gave up, nobody waits for a result any more
+            super()._finish(e, result)
 
     # -- timeouts ---------------------------------------------------------------------------
 
@@ -562,18 +400,6 @@ class PublicApiPublisher:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _force_close(self, underlay: Underlay) -> None:
-        try:
-            await asyncio.wait_for(underlay.close(), self._publish_timeout)
-            return
-        except Exception:  # whatever went wrong, the channel is not closing: escalate
-            log.warning("publisher %s: channel close hung; closing the connection", self.endpoint)
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(
-                underlay.connection.close(ConnectionError("publish confirm timeout")),
-                self._publish_timeout,
-            )
-
 
 def _validate(msg: Publishable) -> None:
     """Refuse at submit what AMQP cannot carry (the same checks as the fast publisher)."""
@@ -588,8 +414,3 @@ def _validate(msg: Publishable) -> None:
         encode_headers(msg.headers)
     except (RecursionError, OverflowError) as exc:  # a header value nested or sized absurdly
         raise ValueError(f"headers cannot be encoded: {type(exc).__name__}") from None
-
-
-def _resolve(fut: asyncio.Future[PublishResult], _msg: Any, result: PublishResult) -> None:
-    if not fut.done():
-        fut.set_result(result)

@@ -28,11 +28,10 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from functools import partial
-from typing import Any, Final, Protocol, TypeVar, cast
+from typing import Any, TypeVar, cast
 
-import aio_pika.abc
 import aiormq
 from aiormq.abc import ChannelFrame
 from aiormq.exceptions import ChannelNotFoundEntity
@@ -40,8 +39,13 @@ from pamqp import commands as spec
 from pamqp.header import ContentHeader
 
 from bridge.amqp.frames import SHORTSTR_SAFE_CHARS, FrameEncoder, check_shortstr, encode_headers
-from bridge.amqp.returns import ReturnAction, on_returned
-from bridge.pipeline.sink import Publishable, PublishResult, retries_until_routed
+from bridge.amqp.sink_base import (
+    DoneCallback,
+    NullHooks,
+    PublisherHooks,
+    SinkBase,
+)
+from bridge.pipeline.sink import Publishable, PublishResult
 
 
 __all__ = [
@@ -54,48 +58,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# A nacked message is retried after this delay, doubling per attempt up to the cap, so a
-# broker that refuses (e.g. a full queue with reject-publish) is not hammered.
-_NACK_BACKOFF_FIRST: Final = 0.05
-_NACK_BACKOFF_MAX: Final = 2.0
-# After losing the channel N times without a confirm in between, wait FIRST * 2**(N-1) (capped)
-# before publishing again.
-_LOSS_BACKOFF_FIRST: Final = 0.05
-_LOSS_BACKOFF_MAX: Final = 5.0
-# How long to wait between checks while aio-pika has not yet swapped in the reopened channel.
-_REATTACH_POLL: Final = 0.05
-# Longest wait for a polite channel/connection close at shutdown.
-_CLOSE_HANDSHAKE: Final = 5.0
-
-
-class PublisherHooks(Protocol):
-    """Counters the daemon wires to Prometheus (``publish_failures_total`` and friends)."""
-
-    def on_failure(self, reason: str, count: int) -> None:
-        """``count`` publish attempts failed for ``reason`` (nack, timeout, connection)."""
-
-    def on_unroutable(self, action: str) -> None:
-        """A message came back unroutable; ``action`` is ``alternate`` or ``logged``."""
-
-    def on_redelivered(self, count: int) -> None:
-        """``count`` messages will be published again after their confirm was lost."""
-
-
-class NullHooks:
-    """Hooks that count nothing."""
-
-    def on_failure(self, reason: str, count: int) -> None:
-        pass
-
-    def on_unroutable(self, action: str) -> None:
-        pass
-
-    def on_redelivered(self, count: int) -> None:
-        pass
-
-
 M = TypeVar("M", bound=Publishable)
-DoneCallback = Callable[[Any, PublishResult], None]
 
 
 class _Entry:
@@ -125,72 +88,28 @@ class _Entry:
         self.sent_at = 0.0
 
 
-class AmqpSink:
-    """Publishes one endpoint's messages on its own confirm channel.
+class AmqpSink(SinkBase[_Entry]):
+    """Publishes one endpoint's messages on its own confirm channel (pre-encoded frames, its
+    own confirm tracking; the rest is :class:`~bridge.amqp.sink_base.SinkBase`)."""
 
-    ``submit(msg, done)`` never blocks and never raises for transient trouble; ``done(msg,
-    result)`` is called exactly once, from the event loop, when the broker settled the message.
-    ``publish(msg)`` is the same as a future.
-    """
+    _log = log
 
-    def __init__(
-        self,
-        connection: aio_pika.abc.AbstractRobustConnection,
-        endpoint: str,
-        *,
-        hooks: PublisherHooks | None = None,
-        alternate_exchange: str | None = None,
-        max_inflight: int = 512,
-        publish_timeout: float = 10.0,
-        redeclare: Callable[[], Awaitable[None]] | None = None,
-        max_nacks: int | None = None,
-    ) -> None:
-        if max_inflight < 1:
-            raise ValueError("max_inflight must be positive")
-        if max_nacks is not None and max_nacks < 1:
-            raise ValueError("max_nacks must be positive")
-        self.endpoint = endpoint
-        self._max_nacks = max_nacks
-        self._connection = connection
-        self._hooks: PublisherHooks = hooks or NullHooks()
-        self._alternate = alternate_exchange
-        self._max_inflight = max_inflight
-        self._publish_timeout = publish_timeout
-        self._loop = asyncio.get_running_loop()
-
-        self._robust: aio_pika.abc.AbstractRobustChannel | None = None
+    def _init_path(self) -> None:
         self._ch: aiormq.Channel | None = None  # the attached underlay, hooks installed
         self._encoder: FrameEncoder | None = None
         # Delivery tag of ``_window[0]``, or the next tag to use while the window is empty.
         self._first_tag = 1
         self._window: deque[_Entry] = deque()  # in flight, in delivery-tag order
-        self._by_id: dict[str, _Entry] = {}  # in flight, by message_id
-        self._blocked: dict[str, list[_Entry]] = {}  # waiting for the same id to settle
-        self._pending: deque[_Entry] = deque()  # accepted, not yet written
-        self._delayed = 0  # nacked, waiting for their back-off
-        self._outstanding = 0  # accepted, not yet done
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._wake = asyncio.Event()
         # A channel given up on after a confirm timeout: never attach to it again, even while
         # aio-pika still reports it open (its late confirms would carry stale delivery tags).
         self._retired: aiormq.Channel | None = None
-        # Channel losses since the last confirm: each re-attach waits longer, so a broker that
-        # closes the channel on every publish (an exchange deleted under us) is no hot loop.
-        self._losses = 0
-        # The broker closed the channel with 404 NOT_FOUND: the topology must be declared again.
-        self._redeclare = redeclare
-        self._missing_entity = False
-        self._closing = False
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- public API -------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Open the channel (publisher confirms on) and start the writer."""
-        self._robust = await self._connection.channel(
-            publisher_confirms=True, on_return_raises=False
-        )
+        await self._open_channel(on_return_raises=False)
         await self._attach()
         self._tasks = [
             asyncio.create_task(self._writer(), name=f"amqp-writer-{self.endpoint}"),
@@ -198,12 +117,7 @@ class AmqpSink:
         ]
 
     def submit(self, msg: M, done: Callable[[M, PublishResult], None]) -> None:
-        """Queue ``msg``; ``done(msg, result)`` runs once the broker settled it.
-
-        Raises ``ValueError``/``TypeError`` at once for a message that can never be encoded
-        (exchange, routing key, header name or message_id over 255 bytes, a body that is not
-        bytes, an unsupported header value), so one bad message never reaches the writer.
-        """
+        """See :meth:`SinkBase.submit`: the properties are encoded here, once."""
         if self._closing:
             raise RuntimeError(f"publisher for {self.endpoint!r} is closed")
         props = _properties(msg)
@@ -223,65 +137,34 @@ class AmqpSink:
         self._idle.clear()
         self._wake.set()
 
-    def publish(self, msg: M) -> asyncio.Future[PublishResult]:
-        """Queue ``msg``; the future resolves with the result once the broker settled it."""
-        fut: asyncio.Future[PublishResult] = self._loop.create_future()
-        self.submit(msg, partial(_resolve, fut))
-        return fut
-
     @property
     def inflight(self) -> int:
         """Published, awaiting the broker's confirm."""
         return len(self._window)
 
     @property
-    def outstanding(self) -> int:
-        """Accepted and not yet done (queued, in flight, or waiting to be retried)."""
-        return self._outstanding
-
-    @property
     def ready(self) -> bool:
         """The channel is open and attached."""
         return self._ch is not None and not self._ch.is_closed
 
-    async def wait_idle(self) -> None:
-        """Return once every accepted message is done."""
-        await self._idle.wait()
-
     async def close(self, deadline: float = 10.0) -> int:
         """Stop accepting, wait up to ``deadline`` s for outstanding confirms; return how many
         were left unconfirmed (their ``done`` is never called)."""
-        self._closing = True
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(deadline):
-                await self._idle.wait()
+        await self._drain(deadline)
         left = self._outstanding
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if left:
-            log.warning("closing publisher %s with %d messages unconfirmed", self.endpoint, left)
         self._ch = None  # late confirms of the closing channel are ignored
-        if self._robust is not None and not self._robust.is_closed:
-            # Known aio-pika#668: restore may race the close during shutdown; nothing to keep.
-            # Bounded: on a black-holed link the close handshake never completes.
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._robust.close(), _CLOSE_HANDSHAKE)
+        await self._close_channel(left)
         return left
 
     # -- channel attachment -----------------------------------------------------------------
 
     async def _attach(self) -> aiormq.Channel:
         """Wait until aio-pika has an open underlay channel and take over its confirm frames."""
-        assert self._robust is not None
-        while True:
-            await self._robust.ready()
-            ch = cast(aiormq.Channel, await self._robust.get_underlay_channel())
-            if not ch.is_closed and ch is not self._retired:
-                break
-            # aio-pika swaps in the reopened channel from a task scheduled by the close; there
-            # is no event for "the new underlay exists", so look again shortly.
-            await asyncio.sleep(_REATTACH_POLL)
+        assert self._attacher is not None
+        ch = cast(aiormq.Channel, await self._attacher.usable(self._retired))
         self._ch = ch
         self._first_tag = 1  # confirm.select on a fresh channel numbers from 1
         self._encoder = FrameEncoder(ch.number, ch.connection.connection_tune.frame_max)
@@ -297,20 +180,6 @@ class AmqpSink:
         if not fut.cancelled() and isinstance(fut.exception(), ChannelNotFoundEntity):
             self._missing_entity = True
         self._detach("connection")
-
-    async def _recover(self) -> None:
-        """Before re-attaching after a loss: back off, and declare the topology again if the
-        broker said an exchange is missing (someone deleted it; we declared it at start)."""
-        if self._losses:
-            delay = min(_LOSS_BACKOFF_MAX, _LOSS_BACKOFF_FIRST * 2 ** (self._losses - 1))
-            await asyncio.sleep(delay)  # back-off, not synchronisation
-        if self._missing_entity and self._redeclare is not None:
-            self._missing_entity = False
-            log.warning("publisher %s: an exchange is missing; declaring it again", self.endpoint)
-            try:
-                await self._redeclare()
-            except Exception as exc:  # the next loss retries, after a longer back-off
-                log.error("publisher %s: declaring the topology failed: %s", self.endpoint, exc)
 
     def _detach(self, reason: str) -> None:
         """Every unconfirmed message of the lost channel goes back to the front of the queue."""
@@ -361,12 +230,13 @@ class AmqpSink:
                 await self._restart_channel("writer_error")
 
     async def _write_pending(self) -> None:
-        if not self._pending:
-            return
         ch = self._ch
         if ch is None or ch.is_closed:
+            # Even with nothing to publish: ``ready`` turns true again once the channel is back.
             await self._recover()
             ch = await self._attach()
+        if not self._pending:
+            return
         room = self._max_inflight - len(self._window)
         if room <= 0:
             return  # an ack frees room and wakes us
@@ -416,22 +286,6 @@ class AmqpSink:
             room -= 1
             parts.extend(frames)
         return b"".join(parts)
-
-    def _reject(self, e: _Entry, exc: Exception) -> None:
-        try:
-            mid: object = e.msg.message_id
-        except Exception:
-            mid = "?"
-        log.error(
-            "publisher %s: message cannot be encoded and is not published: message_id=%.300s "
-            "exchange=%.300s error=%s: %.300s",
-            self.endpoint,
-            mid,
-            e.exchange,
-            type(exc).__name__,
-            exc,
-        )
-        self._finish(e, PublishResult.UNPUBLISHABLE)
 
     async def _write(self, ch: aiormq.Channel, payload: bytes) -> None:
         frame = ChannelFrame(payload=payload, should_close=False)
@@ -497,42 +351,10 @@ class AmqpSink:
                 self._retry_later(e)
             return
         if e.returned is not None:
-            self._unroutable(e)
+            self._unroutable(e, *e.returned)
             return
         rerouted = e.exchange != e.msg.exchange
         self._finish(e, PublishResult.ALTERNATE if rerouted else PublishResult.CONFIRMED)
-
-    def _refused(self, e: _Entry) -> bool:
-        """Nacked ``max_nacks`` times: give it back to the caller instead of retrying."""
-        if self._max_nacks is None or e.nacks < self._max_nacks or retries_until_routed(e.msg):
-            return False
-        log.warning(
-            "publisher %s: message nacked %d times; not retried: message_id=%.300s exchange=%.300s",
-            self.endpoint,
-            e.nacks,
-            e.msg.message_id,
-            e.exchange,
-        )
-        return True
-
-    def _finish(self, e: _Entry, result: PublishResult) -> None:
-        self._outstanding -= 1
-        if not self._outstanding:
-            self._idle.set()
-        try:
-            e.done(e.msg, result)
-        except Exception:
-            log.exception("publisher %s: done callback failed", self.endpoint)
-
-    def _retry_later(self, e: _Entry) -> None:
-        delay = min(_NACK_BACKOFF_MAX, _NACK_BACKOFF_FIRST * 2 ** max(0, e.attempts - 1))
-        self._delayed += 1
-        self._loop.call_later(delay, self._requeue, e)
-
-    def _requeue(self, e: _Entry) -> None:
-        self._delayed -= 1
-        self._pending.appendleft(e)
-        self._wake.set()
 
     # -- returns ----------------------------------------------------------------------------
 
@@ -549,28 +371,6 @@ class AmqpSink:
             return
         # The broker sends basic.return before the basic.ack of the same message.
         e.returned = (frame.reply_code or 0, frame.reply_text or "")
-
-    def _unroutable(self, e: _Entry) -> None:
-        code, text = e.returned or (0, "")
-        action = on_returned(
-            e.msg,
-            exchange=e.exchange,
-            alternate=self._alternate,
-            code=code,
-            text=text,
-            endpoint=self.endpoint,
-            hooks=self._hooks,
-            log=log,
-        )
-        if action is ReturnAction.RETRY:
-            self._retry_later(e)
-        elif action is ReturnAction.ALTERNATE:
-            assert self._alternate is not None
-            e.exchange = self._alternate
-            self._pending.appendleft(e)
-            self._wake.set()
-        else:
-            self._finish(e, PublishResult.RETURNED)
 
     # -- timeouts ---------------------------------------------------------------------------
 
@@ -603,18 +403,6 @@ class AmqpSink:
         self._detach("timeout")
         await self._force_close(ch)
 
-    async def _force_close(self, ch: aiormq.Channel) -> None:
-        try:
-            await asyncio.wait_for(ch.close(), self._publish_timeout)
-            return
-        except Exception:  # whatever went wrong, the channel is not closing: escalate
-            log.warning("publisher %s: channel close hung; closing the connection", self.endpoint)
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(
-                ch.connection.close(ConnectionError("publish confirm timeout")),
-                self._publish_timeout,
-            )
-
 
 def _properties(msg: Publishable) -> bytes:
     """Encode the content-header properties once, at submit, so bad input fails the caller."""
@@ -630,8 +418,3 @@ def _properties(msg: Publishable) -> bytes:
         for name in msg.headers:
             check_shortstr("header name", name)
         raise
-
-
-def _resolve(fut: asyncio.Future[PublishResult], _msg: Any, result: PublishResult) -> None:
-    if not fut.done():
-        fut.set_result(result)

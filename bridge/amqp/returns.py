@@ -18,7 +18,7 @@ from bridge.pipeline.sink import Publishable, retries_until_routed
 
 
 if TYPE_CHECKING:
-    from bridge.amqp.publisher import PublisherHooks
+    from bridge.amqp.sink_base import PublisherHooks
 
 
 __all__ = ["ReturnAction", "on_returned"]

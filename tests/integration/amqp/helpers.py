@@ -11,6 +11,7 @@ import aio_pika
 import aio_pika.abc
 
 from bridge.amqp import AmqpConnection, PublishResult
+from bridge.amqp.connection import EndpointSink as Sink
 from bridge.routing import RoutedMessage
 from tests.fixtures.rabbitmq import unique_name
 
@@ -91,6 +92,41 @@ class Results:
             self._reached.clear()
             async with asyncio.timeout(within):
                 await self._reached.wait()
+
+
+class FullWindow:
+    """Keeps a sink's window full while a fault lands: submits in blocks of 500 and waits only
+    for room (an ack), never for time. ``fault_landed()`` once the fault is in; the producer
+    then goes on until ``at_least`` messages were submitted. Results go to ``results``."""
+
+    def __init__(self, sink: Sink, exchange: str, results: Results, *, at_least: int) -> None:
+        self.sink, self.exchange, self.results, self.at_least = sink, exchange, results, at_least
+        self.submitted = 0
+        self._landed = asyncio.Event()
+        self._room = asyncio.Event()
+        self._task = asyncio.create_task(self._produce())
+
+    def fault_landed(self) -> None:
+        self._landed.set()
+
+    async def finished(self, within: float = 60) -> None:
+        """Return once the producer stopped (the fault landed and enough were submitted)."""
+        async with asyncio.timeout(within):
+            await self._task
+
+    def _done(self, msg: RoutedMessage, result: PublishResult) -> None:
+        self.results(msg, result)
+        if self.sink.outstanding < 2000:
+            self._room.set()
+
+    async def _produce(self) -> None:
+        while not self._landed.is_set() or self.submitted < self.at_least:
+            for _ in range(500):
+                self.sink.submit(message(self.exchange, self.submitted), self._done)
+                self.submitted += 1
+            self._room.clear()
+            if self.sink.outstanding >= 2000:
+                await self._room.wait()
 
 
 class Collector:

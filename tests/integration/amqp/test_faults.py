@@ -15,6 +15,7 @@ from bridge.amqp import AmqpConnection, PublishResult
 from tests.fixtures.rabbitmq import close_named_connections, unique_name
 from tests.integration.amqp.helpers import (
     Collector,
+    FullWindow,
     RecordingHooks,
     Results,
     bound_queue,
@@ -55,33 +56,13 @@ async def test_connection_closed_mid_stream_loses_nothing(
     ep = await publisher.channel_for("ep", hooks=hooks, max_inflight=512)
     results = Results()
 
-    # Keep the window full while the broker drops the connection: the producer only waits
-    # for room (an ack), never for time.
-    submitted = 0
-    closed = asyncio.Event()
-    room = asyncio.Event()
-
-    def on_done(msg: object, result: PublishResult) -> None:
-        results(msg, result)  # type: ignore[arg-type]
-        if ep.outstanding < 2000:
-            room.set()
-
-    async def produce() -> None:
-        nonlocal submitted
-        while not closed.is_set() or submitted < 30_000:
-            for _ in range(500):
-                ep.submit(message(exchange, submitted), on_done)
-                submitted += 1
-            room.clear()
-            if ep.outstanding >= 2000:
-                await room.wait()
-
-    producer = asyncio.create_task(produce())
+    # Keep the window full while the broker drops the connection.
+    window = FullWindow(ep, exchange, results, at_least=30_000)
     await results.wait_for(3000)
     assert await close_named_connections(name) == 1
-    closed.set()
-    async with asyncio.timeout(60):
-        await producer
+    window.fault_landed()
+    await window.finished()
+    submitted = window.submitted
     await results.wait_for(submitted)
 
     assert results.calls == submitted

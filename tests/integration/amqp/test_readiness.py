@@ -8,7 +8,6 @@ from collections.abc import Callable
 import pytest
 
 from bridge.amqp import AmqpConnection, PublishResult
-from bridge.amqp.publisher import AmqpSink
 from bridge.amqp.sink_factory import PublisherClass
 from tests.fixtures.rabbitmq import close_named_connections, unique_name
 from tests.integration.amqp.helpers import message
@@ -27,11 +26,8 @@ async def _until(what: str, condition: Callable[[], bool], within: float = 15) -
 
 
 async def test_an_idle_publisher_is_ready_again_after_a_connection_loss(
-    amqp_url: str, publisher_class: PublisherClass, request: pytest.FixtureRequest
+    amqp_url: str, publisher_class: PublisherClass
 ) -> None:
-    if publisher_class is AmqpSink:
-        reason = "the fast publisher re-attaches only when it has a message to publish"
-        request.applymarker(pytest.mark.xfail(reason=reason, raises=AssertionError, strict=True))
     name = unique_name("bridge-ready")
     sep = "&" if "?" in amqp_url else "?"
     lost, back = asyncio.Event(), asyncio.Event()
