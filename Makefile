@@ -81,7 +81,7 @@ bench-ha: venv node-deps rabbitmq
 	$(BIN)/python bench/run.py --only ha
 
 ## chaos: a seeded random schedule of faults against a replay and an ack server while streaming
-## (a few minutes; CHAOS_SEED=N replays a schedule; `make test` runs a 60-second seed of it)
+## (a few minutes; CHAOS_SEED=N replays a schedule; `make test` runs a 45-second seed of it)
 CHAOS_SEED ?=
 CHAOS_DURATION ?= 180
 chaos: venv node-deps rabbitmq

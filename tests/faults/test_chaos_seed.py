@@ -1,4 +1,4 @@
-"""A 60-second seed of the chaos run (``make chaos`` runs it longer with any seed): faults of
+"""A 45-second seed of the chaos run (``make chaos`` runs it longer with any seed): faults of
 every kind against a replay server and an ack server while both stream, and nothing missing."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ async def test_chaos_seed_loses_nothing_on_replay_and_ack_servers(
         lines.append(line)
         print(line)
 
-    result = await run_chaos(SEED, 60.0, rate=150, gap=2.5, workdir=tmp_path, log=log)
+    result = await run_chaos(SEED, 45.0, rate=150, gap=2.5, workdir=tmp_path, log=log)
     report = "\n".join(lines)
     for target, rows in result.results.items():
         faults = {kind: row for kind, row in rows.items() if kind != "none"}
