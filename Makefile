@@ -55,8 +55,11 @@ browser:
 		$$( [ "$$(id -u)" = 0 ] || echo sudo ) env DEBIAN_FRONTEND=noninteractive \
 			apt-get install -y -qq chromium chromium-driver >/dev/null; fi
 
+## PYTEST_WORKERS: processes running test files side by side (most tests wait on servers, so
+## two workers halve the wall time on two cores); 0 runs everything in this process
+PYTEST_WORKERS ?= 2
 pytest: venv node-deps rabbitmq test-extras browser
-	$(BIN)/pytest
+	$(BIN)/pytest $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile)
 
 ## test: everything CI checks
 test: venv node-deps rabbitmq lint typecheck lint-deploy pytest
