@@ -214,7 +214,7 @@ async def test_an_endpoint_that_fails_while_running_restarts_with_jittered_backo
 async def token_server() -> AsyncIterator[Any]:
     from tests.integration.auth.token_server import TokenServer
 
-    server = TokenServer(lifetime=3.0, rotate_refresh_tokens=True)
+    server = TokenServer(lifetime=5.0, rotate_refresh_tokens=True)
     await server.start()
     try:
         yield server
@@ -249,7 +249,7 @@ async def test_rotated_refresh_token_survives_a_restart_and_secrets_never_show(
     async with running_bridge(env, tmp_path) as first:
         fake_bayeux.publish(FAKE_CHANNEL, {"seq": 1})
         await collector.wait_for(1, within=WAIT)
-        # Tokens live 3 s and are refreshed before they expire: at least one timer refresh.
+        # Tokens live 5 s and are refreshed before they expire: at least one timer refresh.
         await wait_sample(
             first, "cometd_bridge_token_refreshes_total", 2, credential="crm", result="success"
         )
