@@ -211,7 +211,7 @@ class Delivery:
         taken) when it is an event the buffer has no room for yet: then ``await add()``.
         ``shallow``: the item is known not to nest deeper than MAX_DEPTH (its encoded form
         has fewer brackets than that), which spares the depth check."""
-        if type(message) is dict and is_event(message):
+        if isinstance(message, dict) and is_event(message):  # any json_loads' mapping type
             if self._may_wait and not self._hooks.admits(self._events + 1, self._bytes + size):
                 return False
             self._events += 1
@@ -224,18 +224,19 @@ class Delivery:
 
     async def add(self, message: Any, size: int, *, shallow: bool = False) -> None:
         """Take one decoded item of ``size`` bytes (waiting for room if it is an event)."""
-        if isinstance(message, dict) and is_event(message):
-            hooks = self._hooks
-            if self._may_wait and not hooks.admits(self._events + 1, self._bytes + size):
-                await self.flush()
-                if not hooks.admits(1, size):
-                    await self._wait_room(size)
-            self._events += 1
-            self._bytes += size
+        if self.offer(message, size, shallow=shallow):
+            return
+        # An event with no room yet: what is gathered goes out first, then room is awaited.
+        await self.flush()
+        if not self._hooks.admits(1, size):
+            await self._wait_room(size)
+        # Taken also when the wait ended without room (closing, or a response being shed:
+        # the extension drops it from the group).
+        self._events += 1
+        self._bytes += size
         self._group.append(message)
         self._sizes.append(size)
-        if not shallow:
-            self._shallow = False
+        self._shallow = self._shallow and shallow
 
     async def _wait_room(self, size: int) -> None:
         hooks, held = self._hooks, self._held
