@@ -22,6 +22,7 @@ from pamqp import commands as spec, frame as pframe
 from pamqp.header import ProtocolHeader
 
 from bench.counting import SeqCounter, parse_seq_ts
+from bench.waiting import wait_until
 
 
 __all__ = ["RawConsumer", "ConsumerError"]
@@ -103,20 +104,11 @@ class RawConsumer:
 
     async def wait_for(self, predicate: Callable[[SeqCounter], bool], within: float) -> bool:
         """Wait (bounded) until ``predicate(counter)`` holds; False on timeout."""
-        deadline = time.monotonic() + within
-        while not predicate(self.counter):
-            if self.error is not None:
-                raise ConsumerError(f"consumer stopped: {self.error}") from self.error
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            self._changed.clear()
-            try:
-                async with asyncio.timeout(remaining):
-                    await self._changed.wait()
-            except TimeoutError:
-                return predicate(self.counter)
-        return True
+        return await wait_until(lambda: predicate(self.counter), self._changed, within, self._check)
+
+    def _check(self) -> None:
+        if self.error is not None:
+            raise ConsumerError(f"consumer stopped: {self.error}") from self.error
 
     async def _read_loop(self) -> None:
         try:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 import aio_pika
 
 from bench.failover import EpochLog
+from bench.waiting import wait_until
 
 
 __all__ = ["EpochConsumer"]
@@ -58,22 +59,13 @@ class EpochConsumer:
 
     async def wait_for(self, predicate: Callable[[EpochLog], bool], within: float) -> bool:
         """Wait (bounded) until ``predicate(log)`` holds; False at the bound."""
-        deadline = time.monotonic() + within
-        while not predicate(self.log):
-            if self.error is not None:
-                raise RuntimeError(f"a delivery could not be read: {self.error!r}")
-            if self._connection is not None and self._connection.is_closed:
-                raise RuntimeError("the consumer's connection closed")
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            self._changed.clear()
-            try:
-                async with asyncio.timeout(remaining):
-                    await self._changed.wait()
-            except TimeoutError:
-                return predicate(self.log)
-        return True
+        return await wait_until(lambda: predicate(self.log), self._changed, within, self._check)
+
+    def _check(self) -> None:
+        if self.error is not None:
+            raise RuntimeError(f"a delivery could not be read: {self.error!r}")
+        if self._connection is not None and self._connection.is_closed:
+            raise RuntimeError("the consumer's connection closed")
 
     async def close(self) -> None:
         if self._connection is not None:
