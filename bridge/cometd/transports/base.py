@@ -261,7 +261,7 @@ class Delivery:
         if len(group) == 1 and shallow and type(one := group[0]) is dict:
             # One message (every Faye frame): split_payload's walk reduced to its answer.
             if type(one.get("channel")) is str:
-                messages = group
+                messages = [one]  # a list of its own: extensions edit theirs in place
             else:
                 messages = []
                 hooks.on_skipped(*split_payload(group, shallow=True)[1][0])
