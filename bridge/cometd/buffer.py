@@ -11,7 +11,7 @@ from .events import FetchPaused, FetchResumed
 from .exceptions import ServerError
 from .extensions import Extension
 from .protocol import META_DISCONNECT, ConnectionType, Message, is_event
-from .session_state import Event, State
+from .session_state import Event
 
 
 __all__ = ["PrefetchBuffer"]
@@ -26,8 +26,7 @@ class PrefetchBuffer(ClientCore):
 
     def _admits(self, count: int, size: int) -> bool:
         """Whether ``count`` more events of ``size`` bytes in all fit in the buffer now."""
-        state = self._session_state.state  # the closing property inlined: runs per event
-        if state is State.CLOSING or state is State.CLOSED:
+        if self._session_state.closing:
             # Closing: the rest of a held response is taken (the server counts it as
             # delivered; receive() still returns the buffer after close), not left in a
             # socket about to be closed.

@@ -258,17 +258,9 @@ class Delivery:
         self._group, self._sizes, self._events, self._bytes = [], [], 0, 0
         self._shallow = True
         hooks = self._hooks
-        if len(group) == 1 and shallow and type(one := group[0]) is dict:
-            # One message (every Faye frame): split_payload's walk reduced to its answer.
-            if type(one.get("channel")) is str:
-                messages = [one]  # a list of its own: extensions edit theirs in place
-            else:
-                messages = []
-                hooks.on_skipped(*split_payload(group, shallow=True)[1][0])
-        else:
-            messages, skipped = split_payload(group, shallow=shallow)
-            for reason, detail, item in skipped:
-                hooks.on_skipped(reason, detail, item)
+        messages, skipped = split_payload(group, shallow=shallow)
+        for reason, detail, item in skipped:
+            hooks.on_skipped(reason, detail, item)
         await hooks.incoming(messages, self._headers)
         # Routing matches replies to requests: a group of events alone passes through whole.
         rest = messages if only_events else self._route(messages)
