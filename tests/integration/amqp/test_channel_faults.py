@@ -42,11 +42,19 @@ async def publisher(amqp_url: str) -> AsyncIterator[tuple[AmqpConnection, list[b
     await pub.close(5)
 
 
-async def _consumed(
-    conn: aio_pika.abc.AbstractRobustConnection, exchange: str, collector: Collector
-) -> None:
+async def _consumed_sink(
+    pub: AmqpConnection, conn: aio_pika.abc.AbstractRobustConnection
+) -> tuple[str, Collector, RecordingHooks, EndpointSink, Results]:
+    """A fresh exchange with a queue consumed into a collector, and an endpoint's sink on it
+    (with recording hooks and a results recorder for its ``done`` calls)."""
+    exchange = unique_name("ex")
+    await pub.declare_exchange(exchange, "topic", auto_delete=True)
+    collector = Collector()
     queue = await bound_queue(conn, exchange)
     await queue.consume(collector, no_ack=True)
+    hooks = RecordingHooks()
+    ep = await pub.channel_for("ep", hooks=hooks, max_inflight=512)
+    return exchange, collector, hooks, ep, Results()
 
 
 def _robust_channel(sink: EndpointSink) -> aio_pika.abc.AbstractRobustChannel:
@@ -61,13 +69,8 @@ async def test_a_publish_to_a_missing_exchange_mid_batch_loses_and_fakes_nothing
     amqp_connection: aio_pika.abc.AbstractRobustConnection,
 ) -> None:
     pub, states = publisher
-    exchange, missing = unique_name("ex"), unique_name("missing")
-    await pub.declare_exchange(exchange, "topic", auto_delete=True)
-    collector = Collector()
-    await _consumed(amqp_connection, exchange, collector)
-    hooks = RecordingHooks()
-    ep = await pub.channel_for("ep", hooks=hooks, max_inflight=512)
-    results = Results()
+    exchange, collector, hooks, ep, results = await _consumed_sink(pub, amqp_connection)
+    missing = unique_name("missing")
     for i in range(100):
         ep.submit(message(exchange, i), results)
     await results.wait_for(100, within=30)
@@ -110,13 +113,7 @@ async def test_the_channel_closed_under_a_full_window_loses_and_fakes_nothing(
     amqp_connection: aio_pika.abc.AbstractRobustConnection,
 ) -> None:
     pub, states = publisher
-    exchange = unique_name("ex")
-    await pub.declare_exchange(exchange, "topic", auto_delete=True)
-    collector = Collector()
-    await _consumed(amqp_connection, exchange, collector)
-    hooks = RecordingHooks()
-    ep = await pub.channel_for("ep", hooks=hooks, max_inflight=512)
-    results = Results()
+    exchange, collector, hooks, ep, results = await _consumed_sink(pub, amqp_connection)
     window = FullWindow(ep, exchange, results, at_least=5_000)
     await results.wait_for(2000, within=30)
     underlay = await _robust_channel(ep).get_underlay_channel()
