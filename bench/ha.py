@@ -26,7 +26,6 @@ import json
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 import uuid
@@ -41,7 +40,7 @@ from bench import procstat
 from bench.consumer import RawConsumer
 from bench.epoch_consumer import EpochConsumer
 from bench.failover import EpochLog, Takeover
-from bench.machine import describe
+from bench.machine import describe, markdown_header
 from bench.replicas import ReplicaGroup, balanced, delete_coordination_queues
 from tests.e2e.harness import AMQP_URL
 from tests.fixtures.servers import NodeBayeuxServer
@@ -423,9 +422,7 @@ def markdown(
     machine: dict[str, str],
     elapsed: float,
 ) -> str:
-    out = ["### Machine", ""]
-    out += [f"- {k}: {v}" for k, v in machine.items()]
-    out += ["", f"Run: `{' '.join(sys.argv)}`, {elapsed:.0f} s in total.", ""]
+    out = markdown_header(machine, elapsed)
     out += ["### Busy endpoints: one bridge, 1 replica, 3 replicas", ""]
     out += [
         "| endpoints | replicas | coordination | messages | msg/s | missing | dup | settled s "

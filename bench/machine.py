@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+import sys
 from typing import Any
 
 
@@ -65,3 +66,11 @@ def describe(server_properties: dict[str, Any]) -> dict[str, str]:
         "uvloop": _optional("uvloop"),
         "orjson": _optional("orjson"),
     }
+
+
+def markdown_header(machine: dict[str, str], elapsed: float) -> list[str]:
+    """The lines every bench report starts with: the machine, the command and its duration."""
+    out = ["### Machine", ""]
+    out += [f"- {k}: {v}" for k, v in machine.items()]
+    out += ["", f"Run: `{' '.join(sys.argv)}`, {elapsed:.0f} s in total.", ""]
+    return out

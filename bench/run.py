@@ -50,7 +50,7 @@ import aio_pika  # noqa: E402
 from bench import procstat  # noqa: E402
 from bench.consumer import RawConsumer  # noqa: E402
 from bench.counting import percentile  # noqa: E402
-from bench.machine import describe  # noqa: E402
+from bench.machine import describe, markdown_header  # noqa: E402
 from tests.e2e.harness import BridgeProcess  # noqa: E402
 from tests.fixtures.servers import NodeBayeuxServer, ServerKind  # noqa: E402
 
@@ -540,9 +540,7 @@ def ratios(results: list[Result]) -> list[dict[str, Any]]:
 
 
 def markdown(bench: Bench, machine: dict[str, str], elapsed: float) -> str:
-    out = ["### Machine", ""]
-    out += [f"- {k}: {v}" for k, v in machine.items()]
-    out += ["", f"Run: `{' '.join(sys.argv)}`, {elapsed:.0f} s in total.", ""]
+    out = markdown_header(machine, elapsed)
     out += ["### Streams", ""]
     out += [
         "| scenario | server | variant | msg/s | p50 ms | p99 ms | peak RSS MB | CPU s/10k "
