@@ -58,13 +58,8 @@ class TransportWiring(PrefetchBuffer, LostResponses):
         if not self._only_subscribed:
             return
         keep: list[Message] | None = None
-        subscriptions = self._subscriptions
         for index, message in enumerate(payload):
-            if (
-                is_event(message)
-                and message["channel"] not in subscriptions
-                and not self._subscribed_to(message["channel"])
-            ):
+            if is_event(message) and not self._subscribed_to(message["channel"]):
                 if keep is None:
                     keep = payload[:index]
                 self._on_skipped("unsubscribed_channel", str(message["channel"])[:200])

@@ -202,13 +202,11 @@ class Delivery:
                 continue
             message, size = item
             # An item of at most MAX_DEPTH bytes cannot nest deeper: a level takes a bracket.
-            shallow = size <= MAX_DEPTH
-            if not self.offer(message, size, shallow=shallow):
-                await self.add(message, size, shallow=shallow)
+            await self.add(message, size, shallow=size <= MAX_DEPTH)
 
     def offer(self, message: Any, size: int, *, shallow: bool = False) -> bool:
         """Take one decoded item of ``size`` bytes if that needs no wait; False (nothing
-        taken) when it is an event the buffer has no room for yet: then ``await add()``.
+        taken) when it is an event the buffer has no room for yet (``add`` then waits).
         ``shallow``: the item is known not to nest deeper than MAX_DEPTH (its encoded form
         has fewer brackets than that), which spares the depth check."""
         if isinstance(message, dict) and is_event(message):  # any json_loads' mapping type

@@ -172,8 +172,7 @@ class WebSocketTransport(Transport):
                 # Nesting takes a bracket a level: a frame with few of them is shallow
                 # without walking the message (Faye sends every event in its own frame).
                 shallow = size <= MAX_DEPTH or text.count("{") + text.count("[") <= MAX_DEPTH
-                if not delivery.offer(message, size, shallow=shallow):
-                    await delivery.add(message, size, shallow=shallow)
+                await delivery.add(message, size, shallow=shallow)
                 await delivery.flush()
                 return
         stream = PayloadStream(self.config.max_message_size, self.config.json_loads)
@@ -196,7 +195,7 @@ class WebSocketTransport(Transport):
             obj = self.config.json_loads(text)
         except (ValueError, TypeError, RecursionError):
             return None
-        if type(obj) is not list or len(obj) != 1:
+        if not isinstance(obj, list) or len(obj) != 1:
             return None
         if text[:2] == "[{" and text[-2:] == "}]" and text.isascii():
             size = len(text) - 2  # the common frame: no white space around the message
