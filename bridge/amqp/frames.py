@@ -16,7 +16,13 @@ from typing import Any, Final
 from pamqp import encode as _pamqp_encode
 
 
-__all__ = ["FrameEncoder", "PROPERTY_FLAGS", "check_shortstr", "encode_headers"]
+__all__ = [
+    "FrameEncoder",
+    "PROPERTY_FLAGS",
+    "SHORTSTR_SAFE_CHARS",
+    "check_shortstr",
+    "encode_headers",
+]
 
 _FRAME_END: Final = b"\xce"
 _METHOD_HEAD: Final = struct.Struct(">BHI")  # frame type, channel, payload size
