@@ -81,3 +81,16 @@ async def test_a_message_nested_too_deep_is_skipped() -> None:
     await delivery.flush()
     assert buffer.delivered == []
     assert buffer.skipped == ["too_deep"]
+
+
+async def test_an_event_decoded_as_a_dict_subclass_is_bounded_too() -> None:
+    # A client's json_loads may build OrderedDicts: they are events like any dict, so a full
+    # buffer refuses them instead of letting them past the bound.
+    from collections import OrderedDict
+
+    buffer = Buffer(lambda payload: None)
+    hooks = buffer.hooks()
+    hooks.admits = lambda count, size: False  # the buffer is full
+    delivery = Delivery(hooks, route_nothing, None)
+    assert not delivery.offer(OrderedDict(EVENT), 40, shallow=True)
+    assert delivery.offer(OrderedDict(REPLY), 40, shallow=True)  # replies never wait
