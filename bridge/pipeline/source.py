@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from bridge.cometd import Client, ConnectionType
@@ -93,7 +93,8 @@ class CometdSource:
 
     ``replay_start`` (None: no replay) is where a channel without a position starts;
     ``position(channel)`` the stored position a (re)subscription resumes from, read when the
-    subscribe is sent. ``ack`` turns on the acknowledgement extension.
+    subscribe is sent, after awaiting ``settle`` (the consumer settling what it holds).
+    ``ack`` turns on the acknowledgement extension.
     """
 
     def __init__(
@@ -102,6 +103,7 @@ class CometdSource:
         *,
         replay_start: int | None,
         position: Callable[[str], int | None],
+        settle: Callable[[], Awaitable[None]] | None = None,
         ack: bool,
         extensions: Sequence[Extension],
         auth: AuthExtension | None,
@@ -111,7 +113,9 @@ class CometdSource:
         self._config = config
         # Created once and reused by every session: the replay extension reads the confirmed
         # positions at send time, the ack extension starts over at each handshake.
-        self._replay = ReplayExtension(position, replay_start) if replay_start is not None else None
+        self._replay = (
+            ReplayExtension(position, replay_start, settle) if replay_start is not None else None
+        )
         self._ack = AckExtension() if ack else None
         self._extensions = [
             *extensions,

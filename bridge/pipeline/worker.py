@@ -78,6 +78,12 @@ _QUOTA_BACKOFF_MAX = 180.0
 # 40 s, CometD's default maxInterval 10 s), so the server never expires a session we hold.
 _PAUSE_GRACE = 1.0
 
+# How long a (re)subscription on a replay server waits for what the ended session delivered to
+# be confirmed, so it resumes after it: a confirm takes milliseconds, and nothing new arrives
+# before the subscribe. A broker that cannot confirm (down, blocked) costs one such wait per
+# re-handshake; the server then replays the unconfirmed rest (duplicates, counted, never loss).
+_SETTLE_BEFORE_SUBSCRIBE = 0.5
+
 
 class _BufferFull(Exception):
     """Internal: a replay session ended on purpose because the buffer stayed full."""
@@ -139,6 +145,7 @@ class EndpointWorker:
             config,
             replay_start=start,
             position=self._position,
+            settle=self._settle_before_subscribe,
             ack=self._acking,
             extensions=extensions,
             auth=auth,
@@ -186,6 +193,9 @@ class EndpointWorker:
         self._failed = False
         # The lease is lost: nothing more is received, acknowledged or stored (abandon()).
         self._abandoned = False
+        # The task running _pump (it empties the source's buffer), None while it does not run.
+        self._pump_task: asyncio.Task[Any] | None = None
+        self._handed = asyncio.Event()  # set by _pump after each batch handed to the sink
         metrics.pending_capacity.set(config.max_pending_count)
 
     # -- state for /readyz, /status and the gauges -------------------------------------------
@@ -382,6 +392,30 @@ class EndpointWorker:
     def _position(self, channel: str) -> int | None:
         return None if self._keeper is None else self._keeper.position(channel)
 
+    async def _settle_before_subscribe(self) -> None:
+        """Awaited before a subscribe reads the confirmed positions: let what the ended session
+        delivered be confirmed first, so the server does not replay what the sink already
+        holds (a resubscription after a session dropped mid-stream). Bounded; skipped while
+        the sink cannot confirm. Only the timing changes: the position read is the confirmed
+        one either way."""
+        if self._abandoned or self._stopping.is_set() or not self._sink.ready:
+            return
+        source = self._source
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_SETTLE_BEFORE_SUBSCRIBE):
+                # A resubscription within a live session: the pump empties the buffer
+                # meanwhile. Before the pump runs (a new session), the buffer holds nothing
+                # of the channels being subscribed; and the pump's own subscribe (after a
+                # gap) cannot wait for itself.
+                while source.pending_count and self._pump_task not in (
+                    None,
+                    asyncio.current_task(),
+                ):
+                    self._handed.clear()
+                    await self._handed.wait()
+                if self._settlement.outstanding:
+                    await self._sink.wait_idle()
+
     async def _start_positions(self) -> bool:
         """Load the stored positions (``replay=stored``) and start flushing; False if the
         endpoint must not start (a corrupt file is never silently replaced by a fresh start)."""
@@ -491,6 +525,7 @@ class EndpointWorker:
         stopping = self._stopping
         stop_wait = asyncio.ensure_future(stopping.wait())
         full_wait = asyncio.ensure_future(self._buffer_full.wait())
+        self._pump_task = asyncio.current_task()
         try:
             while not stopping.is_set():
                 if self._buffer_full.is_set():
@@ -526,7 +561,10 @@ class EndpointWorker:
                     await self._subscribe(subscription)
                     continue
                 settlement.hand_over(messages)
+                self._handed.set()
         finally:
+            self._pump_task = None
+            self._handed.set()
             stop_wait.cancel()
             full_wait.cancel()
 

@@ -28,6 +28,7 @@ from bridge.positions import PositionStore, StoredPosition
 from tests.e2e.conftest import bridge_env
 from tests.e2e.harness import AMQP_URL, BridgeProcess, QueueCollector, running_bridge
 from tests.fakes.fake_bayeux import FakeBayeux, append_messages, raw_body
+from tests.faults.proxy import DOWNSTREAM, FaultProxy
 from tests.fixtures.rabbitmq import (
     RabbitNode,
     close_named_connections,
@@ -268,6 +269,33 @@ async def test_1_sessions_dropped_mid_stream(
     age = sample(metrics, "cometd_bridge_replay_position_age_seconds", channel=CHANNEL)
     assert age is not None, "replay_position_age_seconds reported for the channel"
     assert 0 <= age <= elapsed, age
+
+
+async def test_1_session_dropped_while_confirms_lag_replays_nothing_twice(
+    sf_server: SalesforceServer,
+    collector: QueueCollector,
+    exchange_name: str,
+    tmp_path: Path,
+    record_property: Callable[[str, object], None],
+) -> None:
+    """The resubscription after a dropped session resumes from the confirmed position. With
+    the broker's confirms 0.15 s behind (about 75 events at this rate), resuming at once would
+    have the server replay every event still in flight; the bridge lets them be confirmed
+    first (nothing new arrives before the subscribe), so none arrives twice."""
+    host, _, port = AMQP_URL.split("@", 1)[-1].split("/", 1)[0].partition(":")
+    async with FaultProxy(host, int(port or 5672), framing="raw") as proxy:
+        env = sf_env(tmp_path, sf_server, exchange_name)
+        env["BRIDGE_AMQP_URL"] = f"amqp://guest:guest@127.0.0.1:{proxy.port}/"
+        async with running_bridge(env, tmp_path) as bridge:
+            await sf_server.publish(CHANNEL, COUNT, rate=RATE, wait=False)
+            await collector.wait_for(COUNT // 5, within=WAIT)
+            proxy.set_delay(0.15, DOWNSTREAM)  # the broker's confirms (and nothing else) lag
+            await wait_sample(bridge, "cometd_bridge_inflight_messages", 20, endpoint="src")
+            assert await sf_server.drop_sessions() == 1
+            await wait_seqs(collector, COUNT)
+            metrics = await bridge.metrics()
+    assert (sample(metrics, "cometd_bridge_handshakes_total", result="success") or 0) >= 2
+    assert check_complete(collector, COUNT, record_property) == 0, "0 duplicates"
 
 
 async def test_2_server_restarted_mid_stream(

@@ -12,12 +12,15 @@ Wire format (Salesforce Streaming API, also the test server tests/servers/salesf
 
 The id for a subscribe is computed when the message is sent, not when it was created, so the
 client's automatic resubscriptions after a re-handshake resume from the latest confirmed
-position (resubscribing with the initial id would replay everything, or lose the gap).
+position (resubscribing with the initial id would replay everything, or lose the gap). An
+optional ``settle`` hook is awaited first: the consumer may use it to settle what the ended
+session had delivered (nothing new arrives before the subscribe), so the confirmed position
+has caught up and the server replays nothing the consumer already holds.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +47,7 @@ _HANDSHAKE = "/meta/handshake"
 _SUBSCRIBE = "/meta/subscribe"
 
 PositionSource = Callable[[str], int | None]
+SettleHook = Callable[[], Awaitable[None]]
 
 
 def _replay_key(channel: str) -> str:
@@ -58,10 +62,16 @@ class ReplayExtension(Extension):
     position) or None; then the channel's start applies (``start`` for all
     channels, or one set with :meth:`set_start`, e.g. after a gap). :attr:`supported` is None
     until a handshake reply said whether the server replays.
+
+    ``settle`` (optional) is awaited before the ids of a subscribe are read; it must return
+    within a bound of its own (the subscribe waits for it).
     """
 
-    def __init__(self, position: PositionSource, start: int = REPLAY_NEW) -> None:
+    def __init__(
+        self, position: PositionSource, start: int = REPLAY_NEW, settle: SettleHook | None = None
+    ) -> None:
         self._position = position
+        self._settle = settle
         self._start = start
         self._starts: dict[str, int] = {}
         self.supported: bool | None = None
@@ -82,11 +92,15 @@ class ReplayExtension(Extension):
         return self._starts.get(key, self._start)
 
     async def outgoing(self, payload: Payload, headers: Headers) -> None:
+        settled = self._settle is None
         for message in payload:
             channel = message.get("channel")
             if channel == _HANDSHAKE:
                 _ext(message)["replay"] = True
             elif channel == _SUBSCRIBE and self.supported is not False:
+                if not settled and self._settle is not None:
+                    await self._settle()
+                    settled = True
                 subscription = message.get("subscription")
                 channels = subscription if isinstance(subscription, list) else [subscription]
                 replay = {

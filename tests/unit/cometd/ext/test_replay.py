@@ -60,6 +60,29 @@ async def test_subscribe_id_is_computed_at_send_time() -> None:
     assert again["ext"] == {"replay": {"/event/A": 1234}}
 
 
+async def test_settle_hook_runs_once_per_payload_before_the_ids_are_read() -> None:
+    # The consumer's confirms land while the hook is awaited: the ids sent are the ones after
+    # it, and a payload of several subscribes (a resubscription) waits once.
+    positions: dict[str, int] = {"/event/A": 10, "/event/B": 20}
+    settles = 0
+
+    async def settle() -> None:
+        nonlocal settles
+        settles += 1
+        positions["/event/A"] = 15
+        positions["/event/B"] = 25
+
+    ext = ReplayExtension(positions.get, start=REPLAY_NEW, settle=settle)
+    handshake: dict[str, Any] = {"channel": "/meta/handshake"}
+    await ext.outgoing([handshake], {})
+    assert settles == 0, "only a subscribe waits"
+    first, second = subscribe("/event/A"), subscribe("/event/B")
+    await ext.outgoing([first, second], {})
+    assert settles == 1
+    assert first["ext"] == {"replay": {"/event/A": 15}}
+    assert second["ext"] == {"replay": {"/event/B": 25}}
+
+
 async def test_batched_subscriptions_and_query_strings() -> None:
     ext = ReplayExtension({"/topic/T": 5}.get, start=REPLAY_NEW)
     ext.set_start("/event/B", REPLAY_ALL)
