@@ -17,6 +17,8 @@ from bridge.auth import (
     TokenRejected,
     TokenSource,
 )
+from bridge.auth.factory import build_source
+from bridge.settings import SalesforceJwtAuth
 from tests.integration.auth.conftest import MakeCredential
 from tests.integration.auth.recording import RecordingHooks
 from tests.integration.auth.token_server import JWT_BEARER_GRANT, TokenServer
@@ -151,6 +153,36 @@ async def test_salesforce_jwt_signed_with_another_key_is_refused(
     with pytest.raises(TokenRejected):
         await make_credential(source).get()
     assert token_server.errors == ["bad signature"]
+
+
+async def test_salesforce_jwt_audience_from_the_settings_is_sent_exactly(
+    token_server: TokenServer, make_credential: MakeCredential, rsa_pem: str
+) -> None:
+    # The token request goes to one URL (a My Domain) while the server expects another
+    # audience, compared exactly as Salesforce does: no trailing slash from URL parsing.
+    token_server.jwt_audience = "https://test.salesforce.com"
+    common = {
+        "kind": "salesforce_jwt",
+        "login_url": token_server.url,
+        "client_id": token_server.client_id,
+        "username": token_server.jwt_username,
+        "private_key": rsa_pem,
+    }
+    without = build_source(SalesforceJwtAuth.model_validate(common))
+    assert without is not None
+    with pytest.raises(TokenRejected):
+        await make_credential(without).get()
+    assert token_server.errors == ["aud is not the expected audience"]
+
+    configured = SalesforceJwtAuth.model_validate(
+        {**common, "audience": "https://test.salesforce.com"}
+    )
+    source = build_source(configured)
+    assert source is not None
+    token = await make_credential(source).get()
+    assert token_server.token_valid(token.access_token.get_secret_value())
+    assert token_server.last_assertion["aud"] == "https://test.salesforce.com"
+    assert token_server.errors == ["aud is not the expected audience"], "no new refusal"
 
 
 @pytest.mark.parametrize("grant", ["client_credentials", "refresh_token", "jwt"])

@@ -57,6 +57,9 @@ class TokenServer:
     rotate_refresh_tokens: bool = False
     jwt_public_key: rsa.RSAPublicKey | None = None
     jwt_username: str = "integration@example.com"
+    #: The ``aud`` a JWT assertion must carry, exactly (None: the server's own URL, as a
+    #: login endpoint that is its own audience).
+    jwt_audience: str | None = None
     instance_url: str = "https://example.my.salesforce.test"
     hmac_key: bytes = field(default_factory=lambda: secrets.token_bytes(16))
     #: When set, the reply's ``expires_in`` (any JSON value: 0, -5, "soon", NaN...), while the
@@ -289,8 +292,8 @@ class TokenServer:
             return "iss is not the client id"
         if claims.get("sub") != self.jwt_username:
             return "sub is not the user"
-        if claims.get("aud") != self.url:
-            return "aud is not the login URL"
+        if claims.get("aud") != (self.jwt_audience or self.url):
+            return "aud is not the expected audience"
         exp = claims.get("exp")
         if not isinstance(exp, int) or not now < exp <= now + 300:
             return "exp missing, past, or too far ahead"
