@@ -223,11 +223,15 @@ class PausableProxy:
         dst.close()
 
 
+def amqp_host_port() -> tuple[str, int]:
+    """The test broker's host and port, for a proxy in front of it."""
+    host, _, port = AMQP_URL.split("@", 1)[-1].split("/", 1)[0].partition(":")
+    return host, int(port or 5672)
+
+
 @contextlib.asynccontextmanager
 async def pausable_proxy() -> AsyncIterator[PausableProxy]:
-    host = AMQP_URL.split("@", 1)[-1].split("/", 1)[0]
-    name, _, port = host.partition(":")
-    proxy = PausableProxy(name, int(port or 5672))
+    proxy = PausableProxy(*amqp_host_port())
     await proxy.start()
     try:
         yield proxy
@@ -282,8 +286,7 @@ async def test_1_session_dropped_while_confirms_lag_replays_nothing_twice(
     the broker's confirms 0.15 s behind (about 75 events at this rate), resuming at once would
     have the server replay every event still in flight; the bridge lets them be confirmed
     first (nothing new arrives before the subscribe), so none arrives twice."""
-    host, _, port = AMQP_URL.split("@", 1)[-1].split("/", 1)[0].partition(":")
-    async with FaultProxy(host, int(port or 5672), framing="raw") as proxy:
+    async with FaultProxy(*amqp_host_port(), framing="raw") as proxy:
         env = sf_env(tmp_path, sf_server, exchange_name)
         env["BRIDGE_AMQP_URL"] = f"amqp://guest:guest@127.0.0.1:{proxy.port}/"
         async with running_bridge(env, tmp_path) as bridge:
