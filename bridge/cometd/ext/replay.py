@@ -92,15 +92,15 @@ class ReplayExtension(Extension):
         return self._starts.get(key, self._start)
 
     async def outgoing(self, payload: Payload, headers: Headers) -> None:
-        settled = self._settle is None
+        settle = self._settle  # awaited once per payload (a resubscription sends them all)
         for message in payload:
             channel = message.get("channel")
             if channel == _HANDSHAKE:
                 _ext(message)["replay"] = True
             elif channel == _SUBSCRIBE and self.supported is not False:
-                if not settled and self._settle is not None:
-                    await self._settle()
-                    settled = True
+                if settle is not None:
+                    await settle()
+                    settle = None
                 subscription = message.get("subscription")
                 channels = subscription if isinstance(subscription, list) else [subscription]
                 replay = {
