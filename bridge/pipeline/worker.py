@@ -401,7 +401,7 @@ class EndpointWorker:
         if self._abandoned or self._stopping.is_set() or not self._sink.ready:
             return
         source = self._source
-        with contextlib.suppress(TimeoutError):
+        try:
             async with asyncio.timeout(_SETTLE_BEFORE_SUBSCRIBE):
                 # A resubscription within a live session: the pump empties the buffer
                 # meanwhile. Before the pump runs (a new session), the buffer holds nothing
@@ -415,6 +415,14 @@ class EndpointWorker:
                     await self._handed.wait()
                 if self._settlement.outstanding:
                     await self._sink.wait_idle()
+        except TimeoutError:
+            self._log.info(
+                "resubscribing before the broker confirmed what the ended session delivered; "
+                "the server replays it (duplicates, counted)",
+                outstanding=self.outstanding,
+                buffered=source.pending_count,
+                waited_s=_SETTLE_BEFORE_SUBSCRIBE,
+            )
 
     async def _start_positions(self) -> bool:
         """Load the stored positions (``replay=stored``) and start flushing; False if the

@@ -301,6 +301,34 @@ async def test_1_session_dropped_while_confirms_lag_replays_nothing_twice(
     assert check_complete(collector, COUNT, record_property) == 0, "0 duplicates"
 
 
+async def test_1_session_dropped_while_confirms_lag_past_the_wait_loses_nothing(
+    sf_server: SalesforceServer,
+    collector: QueueCollector,
+    exchange_name: str,
+    tmp_path: Path,
+    record_property: Callable[[str, object], None],
+) -> None:
+    """The wait before a resubscription is bounded (0.5 s): with confirms 0.8 s behind, the
+    bridge resubscribes from the confirmed position while events are still unconfirmed. The
+    server replays them: duplicates, said in the log, and nothing missing."""
+    async with FaultProxy(*amqp_host_port(), framing="raw") as proxy:
+        env = sf_env(tmp_path, sf_server, exchange_name)
+        env["BRIDGE_AMQP_URL"] = f"amqp://guest:guest@127.0.0.1:{proxy.port}/"
+        async with running_bridge(env, tmp_path) as bridge:
+            await sf_server.publish(CHANNEL, COUNT, rate=RATE, wait=False)
+            await collector.wait_for(COUNT // 5, within=WAIT)
+            proxy.set_delay(0.8, DOWNSTREAM)
+            await wait_sample(bridge, "cometd_bridge_inflight_messages", 200, endpoint="src")
+            assert await sf_server.drop_sessions() == 1
+            await wait_seqs(collector, COUNT)
+            events = bridge.log_events()
+    said = [e for e in events if str(e.get("event", "")).startswith("resubscribing before")]
+    assert said, "the resubscription that did not wait for every confirm is logged"
+    assert said[0]["outstanding"] > 0, said[0]
+    duplicates = check_complete(collector, COUNT, record_property)
+    assert duplicates > 0, "the fault hit: the server replayed what was unconfirmed"
+
+
 async def test_2_server_restarted_mid_stream(
     sf_server: SalesforceServer,
     collector: QueueCollector,
