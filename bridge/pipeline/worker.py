@@ -81,7 +81,7 @@ _PAUSE_GRACE = 1.0
 # How long a (re)subscription on a replay server waits for what the ended session delivered to
 # be confirmed, so it resumes after it: a confirm takes milliseconds, and nothing new arrives
 # before the subscribe. A broker that cannot confirm (down, blocked) costs one such wait per
-# re-handshake; the server then replays the unconfirmed rest (duplicates, counted, never loss).
+# re-handshake; the server then replays the unconfirmed rest (duplicates, never a loss).
 _SETTLE_BEFORE_SUBSCRIBE = 0.5
 
 
@@ -418,7 +418,7 @@ class EndpointWorker:
         except TimeoutError:
             self._log.info(
                 "resubscribing before the broker confirmed what the ended session delivered; "
-                "the server replays it (duplicates, counted)",
+                "the server replays what is unconfirmed (duplicates)",
                 outstanding=self.outstanding,
                 buffered=source.pending_count,
                 waited_s=_SETTLE_BEFORE_SUBSCRIBE,
