@@ -275,6 +275,31 @@ async def test_1_sessions_dropped_mid_stream(
     assert 0 <= age <= elapsed, age
 
 
+async def drop_session_while_confirms_lag(
+    sf_server: SalesforceServer,
+    collector: QueueCollector,
+    exchange_name: str,
+    tmp_path: Path,
+    *,
+    lag: float,
+    in_flight: int,
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Stream through a proxy in front of the broker, delay everything the broker sends (its
+    confirms) by ``lag`` seconds, drop the session once ``in_flight`` messages await their
+    confirm, and wait for every event. Returns the final metrics and the bridge's log."""
+    async with FaultProxy(*amqp_host_port(), framing="raw") as proxy:
+        env = sf_env(tmp_path, sf_server, exchange_name)
+        env["BRIDGE_AMQP_URL"] = f"amqp://guest:guest@127.0.0.1:{proxy.port}/"
+        async with running_bridge(env, tmp_path) as bridge:
+            await sf_server.publish(CHANNEL, COUNT, rate=RATE, wait=False)
+            await collector.wait_for(COUNT // 5, within=WAIT)
+            proxy.set_delay(lag, DOWNSTREAM)
+            await wait_sample(bridge, "cometd_bridge_inflight_messages", in_flight, endpoint="src")
+            assert await sf_server.drop_sessions() == 1
+            await wait_seqs(collector, COUNT)
+            return await bridge.metrics(), bridge.log_events()
+
+
 async def test_1_session_dropped_while_confirms_lag_replays_nothing_twice(
     sf_server: SalesforceServer,
     collector: QueueCollector,
@@ -286,17 +311,9 @@ async def test_1_session_dropped_while_confirms_lag_replays_nothing_twice(
     the broker's confirms 0.15 s behind (about 75 events at this rate), resuming at once would
     have the server replay every event still in flight; the bridge lets them be confirmed
     first (nothing new arrives before the subscribe), so none arrives twice."""
-    async with FaultProxy(*amqp_host_port(), framing="raw") as proxy:
-        env = sf_env(tmp_path, sf_server, exchange_name)
-        env["BRIDGE_AMQP_URL"] = f"amqp://guest:guest@127.0.0.1:{proxy.port}/"
-        async with running_bridge(env, tmp_path) as bridge:
-            await sf_server.publish(CHANNEL, COUNT, rate=RATE, wait=False)
-            await collector.wait_for(COUNT // 5, within=WAIT)
-            proxy.set_delay(0.15, DOWNSTREAM)  # the broker's confirms (and nothing else) lag
-            await wait_sample(bridge, "cometd_bridge_inflight_messages", 20, endpoint="src")
-            assert await sf_server.drop_sessions() == 1
-            await wait_seqs(collector, COUNT)
-            metrics = await bridge.metrics()
+    metrics, _ = await drop_session_while_confirms_lag(
+        sf_server, collector, exchange_name, tmp_path, lag=0.15, in_flight=20
+    )
     assert (sample(metrics, "cometd_bridge_handshakes_total", result="success") or 0) >= 2
     assert check_complete(collector, COUNT, record_property) == 0, "0 duplicates"
 
@@ -311,17 +328,9 @@ async def test_1_session_dropped_while_confirms_lag_past_the_wait_loses_nothing(
     """The wait before a resubscription is bounded (0.5 s): with confirms 0.8 s behind, the
     bridge resubscribes from the confirmed position while events are still unconfirmed. The
     server replays them: duplicates, said in the log, and nothing missing."""
-    async with FaultProxy(*amqp_host_port(), framing="raw") as proxy:
-        env = sf_env(tmp_path, sf_server, exchange_name)
-        env["BRIDGE_AMQP_URL"] = f"amqp://guest:guest@127.0.0.1:{proxy.port}/"
-        async with running_bridge(env, tmp_path) as bridge:
-            await sf_server.publish(CHANNEL, COUNT, rate=RATE, wait=False)
-            await collector.wait_for(COUNT // 5, within=WAIT)
-            proxy.set_delay(0.8, DOWNSTREAM)
-            await wait_sample(bridge, "cometd_bridge_inflight_messages", 200, endpoint="src")
-            assert await sf_server.drop_sessions() == 1
-            await wait_seqs(collector, COUNT)
-            events = bridge.log_events()
+    _, events = await drop_session_while_confirms_lag(
+        sf_server, collector, exchange_name, tmp_path, lag=0.8, in_flight=200
+    )
     said = [e for e in events if str(e.get("event", "")).startswith("resubscribing before")]
     assert said, "the resubscription that did not wait for every confirm is logged"
     assert said[0]["outstanding"] > 0, said[0]
