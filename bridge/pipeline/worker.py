@@ -413,8 +413,8 @@ class EndpointWorker:
                 ):
                     self._handed.clear()
                     await self._handed.wait()
-                if self._settlement.outstanding:
-                    await self._sink.wait_idle()
+                if self.outstanding:
+                    await self.wait_settled()
         except TimeoutError:
             self._log.info(
                 "resubscribing before the broker confirmed what the ended session delivered; "
